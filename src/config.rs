@@ -1,0 +1,457 @@
+//! Configuration: the TOML file's types, their defaults, loading and validation.
+//!
+//! Every struct denies unknown keys, so a typo is an error that names the file,
+//! line and key instead of a silently ignored setting. Values are parsed into
+//! typed fields (`SocketAddr`, enums) by serde, so a bad value is reported with
+//! its position too. Durations are written in seconds (fractions allowed), as
+//! PgBouncer users are used to.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file that was read.
+        path: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a key or value is wrong; the message names line and key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file that was read.
+        path: String,
+        /// toml's message, with line, column and key.
+        message: String,
+    },
+    /// The values parse but do not make sense together.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file that was read.
+        path: String,
+        /// The dotted key that is wrong.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: ListenConfig,
+    /// The PostgreSQL cluster behind the proxy.
+    pub backend: BackendConfig,
+    /// How clients prove who they are.
+    pub auth: AuthConfig,
+    /// How the tenant is found in the startup packet.
+    pub tenants: TenantsConfig,
+    /// Backend pools.
+    pub pool: PoolConfig,
+    /// Provisioning: where migrations live.
+    pub provision: ProvisionConfig,
+}
+
+/// `[provision]`: tenant provisioning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvisionConfig {
+    /// Directory holding `<database>/migrations/*.sql`. Relative paths are taken
+    /// from the current directory. Default `sql`.
+    pub migrations_dir: String,
+}
+
+impl Default for ProvisionConfig {
+    fn default() -> Self {
+        Self {
+            migrations_dir: "sql".into(),
+        }
+    }
+}
+
+/// `[listen]`: the client-facing listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// TCP address to accept clients on. Default `127.0.0.1:6432`.
+    pub addr: SocketAddr,
+    /// Directory for the Unix socket `.s.PGSQL.<port>`; empty for none. Default empty.
+    pub unix_socket_dir: String,
+    /// Seconds a client has to finish startup and authentication. Default 15.
+    pub client_login_timeout: f64,
+    /// Largest accepted startup packet, in bytes. Default 10000.
+    pub max_startup_packet: usize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            unix_socket_dir: String::new(),
+            client_login_timeout: 15.0,
+            max_startup_packet: 10_000,
+        }
+    }
+}
+
+/// `[backend]`: the PostgreSQL cluster, its admin role and its databases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    /// Host name, IP address, or a directory holding the Unix socket. Default `127.0.0.1`.
+    pub host: String,
+    /// Port. Default 5432.
+    pub port: u16,
+    /// Admin role for the registry, provisioning and migrations. Default `marvin`.
+    pub admin_user: String,
+    /// The admin role's password (may be empty for trust/peer). Default empty.
+    pub admin_password: String,
+    /// A database that always exists, used to create the others. Default `postgres`.
+    pub maintenance_database: String,
+    /// Database holding the tenant registry (`commons.tenants`). Default `tenant_db`.
+    pub registry_database: String,
+    /// Service databases that hold one `tenant_<id>` schema per tenant. Default `crm_db`, `product_db`.
+    pub databases: Vec<String>,
+    /// Secret from which each tenant role's login password is derived, so no
+    /// per-tenant password is stored anywhere. Change it before production.
+    pub tenant_role_secret: String,
+    /// Schemas after the tenant's own in every backend's `search_path`. Default `commons`, `public`.
+    pub search_path_tail: Vec<String>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            admin_user: "marvin".into(),
+            admin_password: String::new(),
+            maintenance_database: "postgres".into(),
+            registry_database: "tenant_db".into(),
+            databases: vec!["crm_db".into(), "product_db".into()],
+            tenant_role_secret: "pgtenant-demo-secret".into(),
+            search_path_tail: vec!["commons".into(), "public".into()],
+        }
+    }
+}
+
+/// Client authentication methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256, the default.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// PostgreSQL's md5 challenge (needs a plain or md5 secret).
+    Md5,
+    /// No password at all; for local development only.
+    Trust,
+}
+
+/// `[auth]`: client authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Method asked of every client. Default `scram-sha-256`.
+    pub method: AuthMethod,
+    /// PgBouncer-format `userlist.txt`, keyed by `user@tenant`; consulted before
+    /// the registry's `commons.tenant_users`. Empty for none. Relative paths are
+    /// taken from the config file's directory.
+    pub auth_file: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            method: AuthMethod::ScramSha256,
+            auth_file: String::new(),
+        }
+    }
+}
+
+/// Places in the startup packet a tenant can be named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantSource {
+    /// `alice@acme` or `alice.acme`.
+    User,
+    /// `options=-c tenant=acme`, `--tenant=acme` or `reference=acme`.
+    Options,
+    /// The database name is the tenant id.
+    Database,
+}
+
+/// `[tenants]`: tenant resolution and registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsConfig {
+    /// Sources in the order they are consulted. Default `user`, `options`, `database`.
+    pub sources: Vec<TenantSource>,
+    /// Characters that split `name<sep>tenant` in the user name, at the last one found. Default `@` and `.`.
+    pub user_separators: Vec<char>,
+    /// Service database used when the database name itself names the tenant. Default: the first of `backend.databases`.
+    pub default_database: String,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self {
+            sources: vec![
+                TenantSource::User,
+                TenantSource::Options,
+                TenantSource::Database,
+            ],
+            user_separators: vec!['@', '.'],
+            default_database: String::new(),
+        }
+    }
+}
+
+/// `[pool]`: backend pools.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Backends per (tenant, database, access level) pool; a tenant's
+    /// `config.pool_size` overrides it. Default 20.
+    pub default_pool_size: usize,
+    /// Seconds a client may wait for a backend before it gets an error. Default 120.
+    pub query_wait_timeout: f64,
+    /// Seconds to open and log in a backend. Default 15.
+    pub server_connect_timeout: f64,
+    /// Query that cleans a backend before it serves the next client. Default `DISCARD ALL`.
+    pub server_reset_query: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            default_pool_size: 20,
+            query_wait_timeout: 120.0,
+            server_connect_timeout: 15.0,
+            server_reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+/// Seconds from the config as a `Duration` (validation has ruled out bad values).
+pub fn seconds(value: f64) -> Duration {
+    Duration::from_secs_f64(value.max(0.0))
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        if let Some(dir) = path.parent() {
+            config.resolve_relative_paths(dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn resolve_relative_paths(&mut self, dir: &Path) {
+        if !self.auth.auth_file.is_empty() {
+            let p = PathBuf::from(&self.auth.auth_file);
+            if p.is_relative() {
+                self.auth.auth_file = dir.join(p).display().to_string();
+            }
+        }
+    }
+
+    fn validate(&mut self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        for (key, value) in [
+            (
+                "listen.client_login_timeout",
+                self.listen.client_login_timeout,
+            ),
+            ("pool.query_wait_timeout", self.pool.query_wait_timeout),
+            (
+                "pool.server_connect_timeout",
+                self.pool.server_connect_timeout,
+            ),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value < 1e9) {
+                return Err(invalid(
+                    key,
+                    format!("must be a positive number of seconds, not {value}"),
+                ));
+            }
+        }
+        if self.listen.max_startup_packet < 64 {
+            return Err(invalid(
+                "listen.max_startup_packet",
+                "must be at least 64".into(),
+            ));
+        }
+        if self.pool.default_pool_size == 0 {
+            return Err(invalid(
+                "pool.default_pool_size",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.backend.databases.is_empty() {
+            return Err(invalid(
+                "backend.databases",
+                "name at least one service database".into(),
+            ));
+        }
+        for db in self
+            .backend
+            .databases
+            .iter()
+            .chain([&self.backend.registry_database])
+        {
+            if !is_identifier(db) {
+                return Err(invalid(
+                    "backend.databases",
+                    format!("{db:?} is not a plain identifier ([a-z_][a-z0-9_]*)"),
+                ));
+            }
+        }
+        if !is_identifier(&self.backend.admin_user) {
+            return Err(invalid(
+                "backend.admin_user",
+                "must be a plain identifier".into(),
+            ));
+        }
+        for schema in &self.backend.search_path_tail {
+            if !is_identifier(schema) {
+                return Err(invalid(
+                    "backend.search_path_tail",
+                    format!("{schema:?} is not a plain identifier"),
+                ));
+            }
+        }
+        if self.backend.tenant_role_secret.is_empty() {
+            return Err(invalid(
+                "backend.tenant_role_secret",
+                "must not be empty".into(),
+            ));
+        }
+        if self.tenants.sources.is_empty() {
+            return Err(invalid(
+                "tenants.sources",
+                "name at least one source".into(),
+            ));
+        }
+        if self.tenants.default_database.is_empty() {
+            self.tenants.default_database = self.backend.databases[0].clone();
+        } else if !self
+            .backend
+            .databases
+            .contains(&self.tenants.default_database)
+        {
+            return Err(invalid(
+                "tenants.default_database",
+                format!(
+                    "{:?} is not one of backend.databases",
+                    self.tenants.default_database
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// True for names pgtenant interpolates into SQL unquoted: `[a-z_][a-z0-9_]*`, at most 63 bytes.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
+        && name.len() <= 63
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.listen.addr.port(), 6432);
+        assert_eq!(c.tenants.default_database, "crm_db");
+        assert_eq!(c.auth.method, AuthMethod::ScramSha256);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = Config::parse(
+            "[pool]\ndefault_pool_size = 3\ndefualt_pool_mode = 1\n",
+            "p.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("p.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("defualt_pool_mode"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_reported() {
+        let err = Config::parse("[listen]\naddr = \"nowhere\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("[auth]\nmethod = \"plain\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("method") || err.contains("line 2"), "{err}");
+        let err = Config::parse("[pool]\nquery_wait_timeout = -1\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pool.query_wait_timeout"), "{err}");
+        let err = Config::parse("[backend]\ndatabases = [\"Bad-Name\"]\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backend.databases"), "{err}");
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(is_identifier("tenant_acme"));
+        assert!(!is_identifier("Acme"));
+        assert!(!is_identifier("a;drop"));
+        assert!(!is_identifier(""));
+        assert!(!is_identifier("1abc"));
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    #[test]
+    fn shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgtenant.toml");
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.listen.addr.port(), 6432);
+        assert_eq!(config.backend.admin_password, "marvin");
+    }
+}

@@ -1,0 +1,28 @@
+//! pgtenant: a PostgreSQL wire-protocol proxy for schema-per-tenant databases.
+//!
+//! A client connects as it would to PgBouncer; the proxy finds its tenant in
+//! the startup packet, authenticates it, and relays it to a backend that
+//! PostgreSQL already confines to the tenant. The modules, bottom up:
+//!
+//! - [`protocol`]: framing and the few messages the proxy reads or writes.
+//! - [`net`]: TCP and Unix sockets behind one type.
+//! - [`config`]: the TOML configuration, validated.
+//! - [`auth`]: client authentication (SCRAM-SHA-256, md5, trust) and secrets.
+//! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
+//! - [`pool`]: per-tenant backend pools and server logins.
+//! - [`session`]: one client's life, the relay, cancel keys.
+//! - [`server`]: listeners and the running proxy.
+//! - [`provision`]: init, tenant creation, migrations, local clusters.
+
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth;
+pub mod config;
+pub mod net;
+pub mod pool;
+pub mod protocol;
+pub mod provision;
+pub mod server;
+pub mod session;
+pub mod tenant;

@@ -1,0 +1,272 @@
+//! One server connection: opening it, logging in as PostgreSQL asks
+//! (SCRAM-SHA-256, md5 or cleartext), and the few queries the proxy runs on
+//! it itself (settings at checkout, the reset query at release).
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::net::Stream;
+use crate::protocol::error::parse_error_body;
+use crate::protocol::framing::{read_message, ProtocolError};
+use crate::protocol::{messages, tag};
+
+/// Largest message the proxy reads itself from a server during login and reset.
+const MAX_SERVER_MESSAGE: usize = 1 << 20;
+
+/// Where a server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendAddr {
+    /// Host name or IP, or a directory holding the Unix socket.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl BackendAddr {
+    /// Opens a socket to the server.
+    pub async fn connect(&self) -> std::io::Result<Stream> {
+        if self.host.starts_with('/') {
+            let path = format!("{}/.s.PGSQL.{}", self.host, self.port);
+            Ok(Stream::Unix(UnixStream::connect(path).await?))
+        } else {
+            let stream = Stream::Tcp(TcpStream::connect((self.host.as_str(), self.port)).await?);
+            stream.set_nodelay()?;
+            Ok(stream)
+        }
+    }
+}
+
+/// Why a server connection failed or misbehaved.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The socket failed.
+    #[error("server connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server spoke something unexpected.
+    #[error("server protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The server answered with an ErrorResponse.
+    #[error("server error {code}: {message}")]
+    Server {
+        /// Its SQLSTATE.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The server asked for an authentication method the proxy does not speak.
+    #[error("server asked for unsupported authentication method {0}")]
+    UnsupportedAuth(i32),
+}
+
+/// A logged-in server connection.
+#[derive(Debug)]
+pub struct Backend {
+    /// The socket.
+    pub stream: Stream,
+    /// Where it is, for cancel requests.
+    pub addr: BackendAddr,
+    /// The server's process id and cancel secret.
+    pub key: (i32, i32),
+    /// Current values of the parameters the server reports.
+    pub params: Vec<(String, String)>,
+    /// When it was opened.
+    pub opened: Instant,
+}
+
+impl Backend {
+    /// Opens a connection and logs in with `startup` parameters.
+    pub async fn connect(
+        addr: &BackendAddr,
+        startup: &[(&str, &str)],
+        password: &str,
+    ) -> Result<Backend, BackendError> {
+        let mut stream = addr.connect().await?;
+        let mut buf = BytesMut::with_capacity(256);
+        messages::startup_message(&mut buf, startup);
+        stream.write_all(&buf).await?;
+        let user = startup
+            .iter()
+            .find(|(k, _)| *k == "user")
+            .map_or("", |(_, v)| v);
+        login(&mut stream, user, password, &mut buf).await?;
+
+        let mut backend = Backend {
+            stream,
+            addr: addr.clone(),
+            key: (0, 0),
+            params: Vec::new(),
+            opened: Instant::now(),
+        };
+        loop {
+            let msg = read_message(&mut backend.stream, MAX_SERVER_MESSAGE).await?;
+            match msg.tag {
+                tag::BACKEND_KEY_DATA if msg.body.len() == 8 => {
+                    let b = &msg.body;
+                    backend.key = (
+                        i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                        i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+                    );
+                }
+                tag::READY_FOR_QUERY => return Ok(backend),
+                _ => backend.observe(msg.tag, &msg.body)?,
+            }
+        }
+    }
+
+    /// Runs a simple query the proxy itself issues, discarding its rows, and
+    /// fails with the server's error if it reports one. The connection is
+    /// back at ReadyForQuery when this returns `Ok` or `Err(Server)`.
+    pub async fn simple_query(&mut self, sql: &str) -> Result<u8, BackendError> {
+        let mut buf = BytesMut::with_capacity(sql.len() + 8);
+        messages::query(&mut buf, sql);
+        self.stream.write_all(&buf).await?;
+        let mut error = None;
+        loop {
+            let msg = read_message(&mut self.stream, MAX_SERVER_MESSAGE).await?;
+            match msg.tag {
+                tag::READY_FOR_QUERY => {
+                    let status = msg.body.first().copied().unwrap_or(b'?');
+                    return match error {
+                        Some(e) => Err(e),
+                        None => Ok(status),
+                    };
+                }
+                tag::ERROR_RESPONSE => {
+                    let (code, message) = parse_error_body(&msg.body);
+                    error = Some(BackendError::Server { code, message });
+                }
+                _ => self.observe(msg.tag, &msg.body)?,
+            }
+        }
+    }
+
+    /// Records ParameterStatus values; fails on an ErrorResponse.
+    fn observe(&mut self, tag: u8, body: &[u8]) -> Result<(), BackendError> {
+        match tag {
+            tag::PARAMETER_STATUS => {
+                let mut parts = body.split(|&b| b == 0);
+                if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                    let (k, v) = (
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    );
+                    match self.params.iter_mut().find(|(name, _)| *name == k) {
+                        Some(slot) => slot.1 = v,
+                        None => self.params.push((k, v)),
+                    }
+                }
+                Ok(())
+            }
+            tag::ERROR_RESPONSE => {
+                let (code, message) = parse_error_body(body);
+                Err(BackendError::Server { code, message })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The current value of a reported parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether an idle connection is still usable: nothing pending, not closed.
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Says goodbye politely and closes.
+    pub async fn close(mut self) {
+        let mut buf = BytesMut::with_capacity(5);
+        messages::terminate(&mut buf);
+        let _ = self.stream.write_all(&buf).await;
+    }
+}
+
+/// Sends a CancelRequest for `key` to the server at `addr`.
+pub async fn send_cancel(addr: &BackendAddr, key: (i32, i32)) -> std::io::Result<()> {
+    let mut stream = addr.connect().await?;
+    let mut buf = BytesMut::with_capacity(16);
+    messages::cancel_request(&mut buf, key.0, key.1);
+    stream.write_all(&buf).await?;
+    stream.shutdown().await
+}
+
+/// Answers the server's authentication requests until AuthenticationOk.
+async fn login(
+    stream: &mut Stream,
+    user: &str,
+    password: &str,
+    buf: &mut BytesMut,
+) -> Result<(), BackendError> {
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let msg = read_message(stream, MAX_SERVER_MESSAGE).await?;
+        match msg.tag {
+            tag::AUTHENTICATION => {}
+            tag::ERROR_RESPONSE => {
+                let (code, message) = parse_error_body(&msg.body);
+                return Err(BackendError::Server { code, message });
+            }
+            _ => {
+                return Err(
+                    ProtocolError::Malformed("unexpected message during server login").into(),
+                )
+            }
+        }
+        let body = &msg.body[..];
+        let (kind, data) = match body.split_first_chunk::<4>() {
+            Some((k, rest)) => (i32::from_be_bytes(*k), rest),
+            None => return Err(ProtocolError::Malformed("short authentication request").into()),
+        };
+        buf.clear();
+        match kind {
+            0 => return Ok(()),
+            3 => messages::password(buf, password),
+            5 => {
+                let salt: [u8; 4] = data
+                    .try_into()
+                    .map_err(|_| ProtocolError::Malformed("md5 salt is not 4 bytes"))?;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    user.as_bytes(),
+                    password.as_bytes(),
+                    salt,
+                );
+                messages::password(buf, &hash);
+            }
+            10 => {
+                let offers_scram = data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256");
+                if !offers_scram {
+                    return Err(BackendError::UnsupportedAuth(kind));
+                }
+                let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                messages::sasl_initial_response(buf, "SCRAM-SHA-256", s.message());
+                scram = Some(s);
+            }
+            11 => {
+                let s = scram
+                    .as_mut()
+                    .ok_or(ProtocolError::Malformed("SASL continue before start"))?;
+                s.update(data)?;
+                messages::sasl_response(buf, s.message());
+            }
+            12 => {
+                let s = scram
+                    .as_mut()
+                    .ok_or(ProtocolError::Malformed("SASL final before start"))?;
+                s.finish(data)?;
+                continue;
+            }
+            other => return Err(BackendError::UnsupportedAuth(other)),
+        }
+        stream.write_all(buf).await?;
+    }
+}

@@ -1,0 +1,104 @@
+//! `pgtenant init`: creates the registry database and the service databases
+//! when missing and applies `sql/registry.sql` and `sql/service.sql` to them.
+//!
+//! It leaves tenants (schemas, roles, migrations) to [`crate::provision::tenant`].
+//! Everything here is idempotent: running it again changes nothing.
+
+use crate::config::Config;
+
+use super::{admin_connect, db_err, quote_ident, ProvisionError};
+
+/// The registry schema, applied to `backend.registry_database`.
+pub const REGISTRY_SQL: &str = include_str!("../../sql/registry.sql");
+
+/// Shared `commons` schema and functions, applied to every service database.
+pub const SERVICE_SQL: &str = include_str!("../../sql/service.sql");
+
+/// Advisory lock key serialising concurrent `init` runs within one database.
+const INIT_LOCK_KEY: i64 = 0x7067_7465_6e01;
+
+/// Creates the registry and service databases if missing, applies the
+/// registry and service SQL, and revokes PUBLIC's access to the registry
+/// database (it holds password secrets). Safe to run any number of times.
+pub async fn init(config: &Config) -> Result<(), ProvisionError> {
+    let b = &config.backend;
+    let maintenance = admin_connect(config, &b.maintenance_database).await?;
+    let mut wanted: Vec<&String> = vec![&b.registry_database];
+    wanted.extend(b.databases.iter().filter(|d| **d != b.registry_database));
+    for db in &wanted {
+        ensure_database(&maintenance, db).await?;
+    }
+    maintenance
+        .batch_execute(&format!(
+            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+            quote_ident(&b.registry_database)
+        ))
+        .await
+        .map_err(db_err(format!(
+            "revoking PUBLIC access to {}",
+            b.registry_database
+        )))?;
+    drop(maintenance);
+
+    apply_sql(
+        config,
+        &b.registry_database,
+        "sql/registry.sql",
+        REGISTRY_SQL,
+    )
+    .await?;
+    for db in &b.databases {
+        apply_sql(config, db, "sql/service.sql", SERVICE_SQL).await?;
+    }
+    tracing::info!(registry = %b.registry_database, databases = ?b.databases, "init done");
+    Ok(())
+}
+
+/// Creates `db` unless it exists. CREATE DATABASE cannot run in a transaction,
+/// so the check and the create are separate; a concurrent creator is tolerated.
+async fn ensure_database(client: &tokio_postgres::Client, db: &str) -> Result<(), ProvisionError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .map_err(db_err(format!("looking up database {db}")))?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    match client
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(db)))
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(database = db, "created database");
+            Ok(())
+        }
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => Ok(()),
+        Err(e) => Err(db_err(format!("creating database {db}"))(e)),
+    }
+}
+
+/// Runs `sql` in `db` in one transaction, serialised by an advisory lock.
+async fn apply_sql(config: &Config, db: &str, name: &str, sql: &str) -> Result<(), ProvisionError> {
+    let mut client = admin_connect(config, db).await?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db_err(format!("starting transaction in {db}")))?;
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+        &[&INIT_LOCK_KEY],
+    )
+    .await
+    .map_err(db_err(format!("locking {db} for init")))?;
+    tx.batch_execute(sql)
+        .await
+        .map_err(db_err(format!("applying {name} to {db}")))?;
+    tx.commit()
+        .await
+        .map_err(db_err(format!("committing {name} in {db}")))?;
+    Ok(())
+}

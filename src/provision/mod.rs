@@ -1,0 +1,152 @@
+//! Provisioning: everything that shapes the PostgreSQL side of pgtenant.
+//!
+//! This module owns `pgtenant init` (registry and service databases, see
+//! [`init`]), the tenant lifecycle and per-tenant migrations ([`tenant`]), a
+//! throwaway local PostgreSQL cluster for tests and quickstart ([`cluster`]), and
+//! the quickstart demo setup ([`quickstart`]). The SQL it applies lives in
+//! `sql/`. It leaves reading the registry at runtime (cache, LISTEN/NOTIFY) to
+//! `crate::tenant`, and backend connections for clients to `crate::pool`.
+
+pub mod cluster;
+pub mod init;
+pub mod quickstart;
+pub mod tenant;
+
+pub use cluster::{server_binaries_available, ClusterOptions, LocalCluster};
+pub use init::init;
+pub use quickstart::prepare;
+pub use tenant::{add_user, create_tenant};
+
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Why a provisioning step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    /// A statement or connection failed; `context` says what was being done.
+    #[error("{context}: {}", db_message(source))]
+    Db {
+        /// What was being done, e.g. `creating database crm_db`.
+        context: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// A file or process could not be handled.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The local PostgreSQL cluster could not be set up or started.
+    #[error("{0}")]
+    Cluster(String),
+    /// A migration file failed or no longer matches what was applied.
+    #[error("migration {file}: {message}")]
+    Migration {
+        /// The migration file (path or name).
+        file: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A request that cannot be carried out as asked (e.g. a tenant being dropped).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The server's message with its detail and hint, or the driver's text.
+pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                s.push_str(&format!("; detail: {detail}"));
+            }
+            if let Some(hint) = db.hint() {
+                s.push_str(&format!("; hint: {hint}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+/// Adds context to a driver error.
+pub(crate) fn db_err(
+    context: impl Into<String>,
+) -> impl FnOnce(tokio_postgres::Error) -> ProvisionError {
+    let context = context.into();
+    move |source| ProvisionError::Db { context, source }
+}
+
+/// Adds context to an I/O error.
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProvisionError {
+    let context = context.into();
+    move |source| ProvisionError::Io { context, source }
+}
+
+/// Quotes an SQL identifier: `"name"` with inner `"` doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal for statements that take no parameters
+/// (`CREATE ROLE ... PASSWORD`): `'...'` with `'` doubled, as `E'...'` when it
+/// holds a backslash.
+pub fn quote_literal(value: &str) -> String {
+    let body = value.replace('\'', "''");
+    if body.contains('\\') {
+        format!("E'{}'", body.replace('\\', "\\\\"))
+    } else {
+        format!("'{body}'")
+    }
+}
+
+/// Connects to `dbname` on the configured backend as the admin role and spawns
+/// the connection task. `backend.host` may be a Unix socket directory (a path
+/// starting with `/`). Notices below WARNING are suppressed.
+pub async fn admin_connect(
+    config: &Config,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, ProvisionError> {
+    let b = &config.backend;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&b.host)
+        .port(b.port)
+        .user(&b.admin_user)
+        .dbname(dbname)
+        .application_name("pgtenant-provision")
+        .options("-c client_min_messages=warning")
+        .connect_timeout(Duration::from_secs(10));
+    if !b.admin_password.is_empty() {
+        pg.password(&b.admin_password);
+    }
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(db_err(format!(
+            "connecting to database {dbname} at {}:{} as {}",
+            b.host, b.port, b.admin_user
+        )))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "provisioning connection closed");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("tenant_acme"), "\"tenant_acme\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b'"), "E'a\\\\b'''");
+    }
+}

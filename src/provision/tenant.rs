@@ -1,0 +1,379 @@
+//! Tenant lifecycle: registry row, backend roles, one schema per service
+//! database, per-tenant migrations and grants (`pgtenant tenant create`), and
+//! tenant users (`commons.tenant_users`).
+//!
+//! Every step is idempotent, so a failed or interrupted `create_tenant` is
+//! finished by running it again. It leaves reading the registry at runtime to
+//! `crate::tenant` and the databases themselves to [`crate::provision::init`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::tenant::id::{role_password, AccessLevel, TenantId};
+
+use super::{admin_connect, db_err, io_err, quote_ident, quote_literal, ProvisionError};
+
+/// Advisory lock key serialising the grant step of concurrent tenant creations.
+const GRANT_LOCK_KEY: i64 = 0x7067_7465_6e02;
+
+/// Provisions tenant `id` (display name `name`; an empty name keeps the stored
+/// one): registry row (status `provisioning` while new), roles `tenant_<id>_rw`
+/// and `tenant_<id>_ro` with passwords derived from `backend.tenant_role_secret`,
+/// schema `tenant_<id>` in every service database with all pending migrations
+/// and the grants, then status `active`. Re-running it on an existing tenant
+/// applies only what is missing; a suspended tenant stays suspended.
+pub async fn create_tenant(
+    config: &Config,
+    id: &TenantId,
+    name: &str,
+) -> Result<(), ProvisionError> {
+    let b = &config.backend;
+    let registry = admin_connect(config, &b.registry_database).await?;
+    // Session-level lock: one provisioning run per tenant at a time; released on disconnect.
+    registry
+        .execute(
+            "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))",
+            &[&format!("pgtenant:tenant:{id}")],
+        )
+        .await
+        .map_err(db_err(format!("locking tenant {id}")))?;
+
+    let row = registry
+        .query_one(
+            "INSERT INTO commons.tenants (id, name, status) VALUES ($1, $2, 'provisioning')
+             ON CONFLICT (id) DO UPDATE
+                 SET name = CASE WHEN EXCLUDED.name = '' THEN commons.tenants.name ELSE EXCLUDED.name END
+             RETURNING status",
+            &[&id.as_str(), &name],
+        )
+        .await
+        .map_err(db_err(format!("registering tenant {id}")))?;
+    let status: String = row.get(0);
+    if status == "dropping" {
+        return Err(ProvisionError::Invalid(format!(
+            "tenant {id} is being dropped; finish the drop before creating it again"
+        )));
+    }
+
+    ensure_roles(config, &registry, id).await?;
+    let migrations_root = PathBuf::from(&config.provision.migrations_dir);
+    for db in &b.databases {
+        let mut client = admin_connect(config, db).await?;
+        ensure_schema(&client, db, id, &b.admin_user).await?;
+        apply_migrations(&registry, &mut client, &migrations_root, db, id).await?;
+        grant(&mut client, db, id, &b.admin_user).await?;
+    }
+
+    registry
+        .execute(
+            "UPDATE commons.tenants SET status = 'active' WHERE id = $1 AND status = 'provisioning'",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("activating tenant {id}")))?;
+    tracing::info!(tenant = %id, "tenant provisioned");
+    Ok(())
+}
+
+/// Adds or updates a tenant's client user in `commons.tenant_users`, storing a
+/// SCRAM-SHA-256 verifier of `password` (never the password) and re-activating
+/// the user. The tenant must exist.
+pub async fn add_user(
+    config: &Config,
+    id: &TenantId,
+    username: &str,
+    password: &str,
+    access: AccessLevel,
+) -> Result<(), ProvisionError> {
+    if username.is_empty() || username.contains('\0') {
+        return Err(ProvisionError::Invalid(format!(
+            "invalid user name {username:?}"
+        )));
+    }
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let secret = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let n = registry
+        .execute(
+            "INSERT INTO commons.tenant_users (tenant_id, username, secret, access)
+             SELECT id, $2, $3, $4 FROM commons.tenants WHERE id = $1
+             ON CONFLICT (tenant_id, username) DO UPDATE
+                 SET secret = EXCLUDED.secret, access = EXCLUDED.access, active = true",
+            &[&id.as_str(), &username, &secret, &access.suffix()],
+        )
+        .await
+        .map_err(db_err(format!("adding user {username} to tenant {id}")))?;
+    if n == 0 {
+        return Err(ProvisionError::Invalid(format!(
+            "tenant {id} does not exist; create it first"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates or updates the tenant's two login roles. Roles are cluster-wide, so
+/// this runs once, on the registry connection. The password is sent as a
+/// SCRAM verifier so the derived password never appears in server logs.
+async fn ensure_roles(
+    config: &Config,
+    client: &Client,
+    id: &TenantId,
+) -> Result<(), ProvisionError> {
+    let tail: Vec<String> = id_search_path(config, id);
+    for access in [AccessLevel::ReadWrite, AccessLevel::ReadOnly] {
+        let role = id.role(access);
+        let verifier = postgres_protocol::password::scram_sha_256(
+            role_password(&config.backend.tenant_role_secret, &role).as_bytes(),
+        );
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1",
+                &[&role],
+            )
+            .await
+            .map_err(db_err(format!("looking up role {role}")))?
+            .is_some();
+        let verb = if exists { "ALTER" } else { "CREATE" };
+        let sql = format!(
+            "{verb} ROLE {} LOGIN NOINHERIT NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}",
+            quote_ident(&role),
+            quote_literal(&verifier)
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(db_err(format!("{} role {role}", verb.to_lowercase())))?;
+        // A direct login (psql as the tenant role) lands in the tenant's schema too.
+        let sql = format!(
+            "ALTER ROLE {} SET search_path TO {}",
+            quote_ident(&role),
+            tail.join(", ")
+        );
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(db_err(format!("setting search_path of role {role}")))?;
+    }
+    Ok(())
+}
+
+/// `tenant_<id>` followed by `backend.search_path_tail`, each quoted.
+fn id_search_path(config: &Config, id: &TenantId) -> Vec<String> {
+    std::iter::once(id.schema())
+        .chain(config.backend.search_path_tail.iter().cloned())
+        .map(|s| quote_ident(&s))
+        .collect()
+}
+
+/// `CREATE SCHEMA IF NOT EXISTS tenant_<id>` owned by the admin role.
+async fn ensure_schema(
+    client: &Client,
+    db: &str,
+    id: &TenantId,
+    admin: &str,
+) -> Result<(), ProvisionError> {
+    let sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}",
+        quote_ident(&id.schema()),
+        quote_ident(admin)
+    );
+    client
+        .batch_execute(&sql)
+        .await
+        .map_err(db_err(format!("creating schema {} in {db}", id.schema())))
+}
+
+/// The `*.sql` files of `<root>/<db>/migrations`, sorted by file name; none
+/// when the directory does not exist.
+pub fn migration_files(root: &Path, db: &str) -> Result<Vec<PathBuf>, ProvisionError> {
+    let dir = root.join(db).join("migrations");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %dir.display(), "no migrations directory; tenant schemas in {db} stay empty");
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(io_err(format!("reading {}", dir.display()))(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(io_err(format!("reading {}", dir.display())))?
+            .path();
+        if path.extension().is_some_and(|e| e == "sql") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    Ok(files)
+}
+
+/// Lowercase hex SHA-256 of a migration file's content.
+pub fn checksum(content: &[u8]) -> String {
+    Sha256::digest(content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Applies the migrations of `db` not yet recorded for the tenant, each in its
+/// own transaction with `SET LOCAL search_path = tenant_<id>`, recording each
+/// in the registry after it commits. A recorded file whose content changed is
+/// an error. The record lives in another database, so a crash between commit
+/// and record re-applies that file next time: write migrations re-runnable.
+async fn apply_migrations(
+    registry: &Client,
+    client: &mut Client,
+    root: &Path,
+    db: &str,
+    id: &TenantId,
+) -> Result<(), ProvisionError> {
+    let applied: HashMap<String, String> = registry
+        .query(
+            "SELECT version, checksum FROM commons.schema_migrations WHERE tenant_id = $1 AND database = $2",
+            &[&id.as_str(), &db],
+        )
+        .await
+        .map_err(db_err(format!("reading applied migrations of {id} in {db}")))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+
+    for path in migration_files(root, db)? {
+        let file = path.display().to_string();
+        let version = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(&path).map_err(io_err(format!("reading {file}")))?;
+        let sum = checksum(&bytes);
+        if let Some(recorded) = applied.get(&version) {
+            if *recorded != sum {
+                return Err(ProvisionError::Migration {
+                    file,
+                    message: format!(
+                        "changed after it was applied to tenant {id} in {db} (recorded checksum {recorded}, now {sum}); add a new migration instead"
+                    ),
+                });
+            }
+            continue;
+        }
+        let sql = String::from_utf8(bytes).map_err(|_| ProvisionError::Migration {
+            file: file.clone(),
+            message: "not valid UTF-8".into(),
+        })?;
+        let failed = |e: tokio_postgres::Error| ProvisionError::Migration {
+            file: file.clone(),
+            message: format!("tenant {id} in {db}: {}", super::db_message(&e)),
+        };
+        let tx = client.transaction().await.map_err(&failed)?;
+        tx.batch_execute(&format!(
+            "SET LOCAL search_path = {}",
+            quote_ident(&id.schema())
+        ))
+        .await
+        .map_err(&failed)?;
+        tx.batch_execute(&sql).await.map_err(&failed)?;
+        tx.commit().await.map_err(&failed)?;
+        registry
+            .execute(
+                "INSERT INTO commons.schema_migrations (tenant_id, database, version, checksum)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&id.as_str(), &db, &version, &sum],
+            )
+            .await
+            .map_err(db_err(format!(
+                "recording migration {version} of {id} in {db}"
+            )))?;
+        tracing::info!(tenant = %id, database = db, migration = %version, "migration applied");
+    }
+    Ok(())
+}
+
+/// Grants the tenant roles what they need in `db` and nothing more: CONNECT
+/// (and TEMPORARY) on the database, USAGE on their schema, DML (rw) or SELECT
+/// (ro) on its tables, sequences for rw, default privileges for later tables,
+/// and read/execute on `commons`. No CREATE anywhere.
+async fn grant(
+    client: &mut Client,
+    db: &str,
+    id: &TenantId,
+    admin: &str,
+) -> Result<(), ProvisionError> {
+    let rw = quote_ident(&id.role(AccessLevel::ReadWrite));
+    let ro = quote_ident(&id.role(AccessLevel::ReadOnly));
+    let schema = quote_ident(&id.schema());
+    let admin = quote_ident(admin);
+    let dbq = quote_ident(db);
+    let sql = format!(
+        "GRANT CONNECT, TEMPORARY ON DATABASE {dbq} TO {rw}, {ro};
+         GRANT USAGE ON SCHEMA {schema} TO {rw}, {ro};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {rw};
+         GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {rw};
+         GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {ro};
+         ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA {schema}
+             GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {rw};
+         ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA {schema}
+             GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {rw};
+         ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA {schema}
+             GRANT SELECT ON TABLES TO {ro};
+         GRANT USAGE ON SCHEMA commons TO {rw}, {ro};
+         GRANT SELECT ON ALL TABLES IN SCHEMA commons TO {rw}, {ro};
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA commons TO {rw}, {ro};
+         ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA commons
+             GRANT SELECT ON TABLES TO {rw}, {ro};
+         ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA commons
+             GRANT EXECUTE ON FUNCTIONS TO {rw}, {ro};"
+    );
+    // GRANTs on the shared database, `commons` and pg_default_acl rows update
+    // the same catalog tuples for every tenant; concurrent runs would fail
+    // with "tuple concurrently updated", so they take turns.
+    let context = format!("granting tenant {id} its rights in {db}");
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db_err(context.clone()))?;
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+        &[&GRANT_LOCK_KEY],
+    )
+    .await
+    .map_err(db_err(context.clone()))?;
+    tx.batch_execute(&sql)
+        .await
+        .map_err(db_err(context.clone()))?;
+    tx.commit().await.map_err(db_err(context))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_is_sha256_hex() {
+        assert_eq!(
+            checksum(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn migration_files_sorted_and_missing_dir_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("crm_db/migrations");
+        std::fs::create_dir_all(&m).unwrap();
+        for f in ["010_b.sql", "002_a.sql", "notes.txt"] {
+            std::fs::write(m.join(f), "").unwrap();
+        }
+        let names: Vec<String> = migration_files(dir.path(), "crm_db")
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["002_a.sql", "010_b.sql"]);
+        assert!(migration_files(dir.path(), "other_db").unwrap().is_empty());
+    }
+}

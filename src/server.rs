@@ -1,0 +1,196 @@
+//! The running proxy: builds the shared context, binds the TCP and Unix
+//! listeners, and spawns one session task per client until shut down.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::{auth_file, AuthFileError};
+use crate::config::Config;
+use crate::net::Stream;
+use crate::pool::Pools;
+use crate::session::{self, CancelMap, Context};
+use crate::tenant::{role_password, Registry, RegistryError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// The address or socket path.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The registry could not be reached at start.
+    #[error("cannot load the tenant registry: {0}")]
+    Registry(#[from] RegistryError),
+    /// The auth file is unreadable or malformed.
+    #[error(transparent)]
+    AuthFile(#[from] AuthFileError),
+}
+
+/// A started proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
+pub struct Proxy {
+    addr: SocketAddr,
+    unix_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    context: Arc<Context>,
+}
+
+impl Proxy {
+    /// Loads the registry, binds the listeners and starts accepting clients.
+    pub async fn start(config: Config) -> Result<Proxy, ServeError> {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::start(&config.backend, shutdown.child_token()).await?;
+        let auth_file = if config.auth.auth_file.is_empty() {
+            HashMap::new()
+        } else {
+            auth_file::load(Path::new(&config.auth.auth_file))?
+        };
+        let server_key =
+            role_password(&config.backend.tenant_role_secret, "pgtenant mock secrets").into_bytes();
+        let context = Arc::new(Context {
+            pools: Pools::new(config.backend.clone(), config.pool.clone()),
+            registry,
+            cancels: CancelMap::default(),
+            auth_file,
+            server_key,
+            config: Arc::new(config),
+        });
+
+        let listen = &context.config.listen;
+        let tcp = TcpListener::bind(listen.addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                what: listen.addr.to_string(),
+                source,
+            })?;
+        let addr = tcp.local_addr().map_err(|source| ServeError::Bind {
+            what: listen.addr.to_string(),
+            source,
+        })?;
+        let tracker = TaskTracker::new();
+        tracker.spawn(accept_tcp(
+            tcp,
+            Arc::clone(&context),
+            tracker.clone(),
+            shutdown.clone(),
+        ));
+
+        let mut unix_path = None;
+        if !listen.unix_socket_dir.is_empty() {
+            let path =
+                PathBuf::from(&listen.unix_socket_dir).join(format!(".s.PGSQL.{}", addr.port()));
+            // A socket file left by an earlier run would make bind fail.
+            let _ = std::fs::remove_file(&path);
+            let unix = UnixListener::bind(&path).map_err(|source| ServeError::Bind {
+                what: path.display().to_string(),
+                source,
+            })?;
+            tracker.spawn(accept_unix(
+                unix,
+                Arc::clone(&context),
+                tracker.clone(),
+                shutdown.clone(),
+            ));
+            unix_path = Some(path);
+        }
+        info!(%addr, tenants = context.registry.len(), "pgtenant is accepting clients");
+        Ok(Proxy {
+            addr,
+            unix_path,
+            shutdown,
+            tracker,
+            context,
+        })
+    }
+
+    /// The TCP address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The Unix socket path, when one is configured.
+    pub fn unix_socket(&self) -> Option<&Path> {
+        self.unix_path.as_deref()
+    }
+
+    /// The shared session context (pools, registry), for inspection.
+    pub fn context(&self) -> &Arc<Context> {
+        &self.context
+    }
+
+    /// A token that stops the proxy when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, gives sessions `grace` to finish, and returns.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("sessions still open at shutdown");
+        }
+        if let Some(path) = &self.unix_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    while let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await {
+        match accepted {
+            Ok((socket, peer)) => {
+                let stream = Stream::Tcp(socket);
+                let _ = stream.set_nodelay();
+                tracker.spawn(session::run(stream, peer.to_string(), Arc::clone(&ctx)));
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: UnixListener,
+    ctx: Arc<Context>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    while let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await {
+        match accepted {
+            Ok((socket, _)) => {
+                tracker.spawn(session::run(
+                    Stream::Unix(socket),
+                    "unix".into(),
+                    Arc::clone(&ctx),
+                ));
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+/// Out of file descriptors and the like: log, and back off briefly instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}

@@ -1,0 +1,332 @@
+//! One client's life: pre-startup requests, the startup packet, tenant
+//! resolution, authentication, backend checkout, the relay, and release.
+//! Pools, auth exchanges and the registry are used, not owned, here.
+
+pub mod cancel;
+pub mod relay;
+mod settings;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, field::Empty, info_span, warn, Instrument};
+
+use crate::auth::{self, AuthError, Secret};
+use crate::config::{seconds, Config};
+use crate::net::Stream;
+use crate::pool::{PoolError, PoolKey, PooledBackend, Pools};
+use crate::protocol::{
+    messages, read_startup, ErrorFields, ProtocolError, SqlState, StartupPacket, StartupParams,
+};
+use crate::tenant::{self, AccessLevel, Registry, RegistryError, ResolveError, TenantStatus};
+
+pub use cancel::CancelMap;
+use relay::{relay, RelayEnd, RelayState};
+
+/// Everything sessions share.
+pub struct Context {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// Tenant cache and credential lookups.
+    pub registry: Arc<Registry>,
+    /// Backend pools.
+    pub pools: Pools,
+    /// Proxy-issued cancel keys.
+    pub cancels: CancelMap,
+    /// Secrets from `auth.auth_file`, keyed by `user@tenant`.
+    pub auth_file: HashMap<String, Secret>,
+    /// Keys the mock secrets of unknown users.
+    pub server_key: Vec<u8>,
+}
+
+/// Why a session ended before the relay; each variant knows what the client sees.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error("tenant \"{0}\" does not exist")]
+    UnknownTenant(String),
+    #[error("tenant \"{0}\" is {1}")]
+    Unavailable(String, &'static str),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("{message}")]
+    Setting { code: SqlState, message: String },
+    #[error("client_login_timeout expired before startup finished")]
+    LoginTimeout,
+}
+
+impl SessionError {
+    fn to_client(&self) -> ErrorFields {
+        let code = match self {
+            Self::Protocol(_) => SqlState::PROTOCOL_VIOLATION,
+            Self::Unsupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
+            Self::Resolve(e) => e.sqlstate(),
+            Self::UnknownTenant(_) => SqlState::INVALID_CATALOG_NAME,
+            Self::Unavailable(..) | Self::Registry(_) => SqlState::CANNOT_CONNECT_NOW,
+            Self::Auth(e) => e.sqlstate(),
+            Self::Pool(e) => e.sqlstate(),
+            Self::Setting { code, .. } => *code,
+            Self::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
+        };
+        // Internals (hosts, server messages at login) stay in the log.
+        let message = match self {
+            Self::Pool(PoolError::Backend(_)) | Self::Pool(PoolError::ConnectTimeout) => {
+                "could not open a server connection for this tenant".to_string()
+            }
+            Self::Registry(_) => "the tenant registry is not reachable; try again".to_string(),
+            other => other.to_string(),
+        };
+        ErrorFields::fatal(code, message)
+    }
+}
+
+/// A client that finished login and holds a backend.
+struct Ready {
+    backend: PooledBackend,
+    key: (i32, i32),
+}
+
+/// Serves one client connection to its end. Never panics on client input;
+/// every failure is reported to the client (when it is still there) and logged.
+pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
+    let span = info_span!("client", %peer, tenant = Empty, db = Empty, user = Empty);
+    async move {
+        let limit = seconds(ctx.config.listen.client_login_timeout);
+        let ready = match tokio::time::timeout(limit, login(&mut client, &ctx)).await {
+            Ok(Ok(Some(ready))) => ready,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => return refuse(&mut client, e).await,
+            Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
+        };
+        serve(client, ready, &ctx).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn refuse(client: &mut Stream, error: SessionError) {
+    match &error {
+        SessionError::Protocol(ProtocolError::Closed) => debug!("client left during login"),
+        SessionError::Auth(_) | SessionError::Resolve(_) | SessionError::UnknownTenant(_) => {
+            debug!(error = %error, "login refused")
+        }
+        _ => warn!(error = %error, "login failed"),
+    }
+    let mut buf = BytesMut::new();
+    error.to_client().encode(&mut buf);
+    let _ = client.write_all(&buf).await;
+    let _ = client.shutdown().await;
+}
+
+/// Startup, resolution, authentication and checkout. `None`: the connection
+/// was a cancel request, or the client left.
+async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Ready>, SessionError> {
+    let config = &ctx.config;
+    let (minor, mut params) = loop {
+        match read_startup(client, config.listen.max_startup_packet).await? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                client.write_all(b"N").await.map_err(ProtocolError::from)?;
+            }
+            StartupPacket::CancelRequest { pid, secret } => {
+                ctx.cancels.cancel((pid, secret)).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup {
+                major: 3,
+                minor,
+                params,
+            } => break (minor, params),
+            StartupPacket::Startup { .. } => {
+                return Err(SessionError::Unsupported("only protocol 3 is supported"))
+            }
+        }
+    };
+    let mut buf = BytesMut::with_capacity(1024);
+    // Protocol options (`_pq_.*`) are not supported; say so as PostgreSQL does.
+    let unknown: Vec<String> = params
+        .0
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    params.0.retain(|(k, _)| !k.starts_with("_pq_."));
+    if minor > 0 || !unknown.is_empty() {
+        let names: Vec<&str> = unknown.iter().map(String::as_str).collect();
+        messages::negotiate_protocol_version(&mut buf, &names);
+    }
+    if params
+        .get("replication")
+        .is_some_and(|v| v != "false" && v != "off" && v != "0")
+    {
+        return Err(SessionError::Unsupported(
+            "replication connections are not supported",
+        ));
+    }
+
+    let resolved = tenant::resolve(&params, &config.tenants, &config.backend.databases, &|t| {
+        ctx.registry.is_registered(t)
+    })?;
+    let span = tracing::Span::current();
+    span.record("tenant", resolved.tenant.as_str());
+    span.record("db", resolved.database.as_str());
+    span.record("user", resolved.user.as_str());
+
+    let info = ctx
+        .registry
+        .tenant(resolved.tenant.as_str())
+        .ok_or_else(|| SessionError::UnknownTenant(resolved.tenant.to_string()))?;
+    let unavailable = |why| SessionError::Unavailable(resolved.tenant.to_string(), why);
+    match info.status {
+        TenantStatus::Active => {}
+        TenantStatus::Provisioning => return Err(unavailable("still being provisioned")),
+        TenantStatus::Suspended => return Err(unavailable("suspended")),
+        TenantStatus::Dropping => return Err(unavailable("being dropped")),
+    }
+
+    let wanted =
+        settings::wanted(&params, &resolved.settings).map_err(|message| SessionError::Setting {
+            code: SqlState::INSUFFICIENT_PRIVILEGE,
+            message,
+        })?;
+    let (secret, access) = lookup_secret(ctx, &resolved).await?;
+    if !buf.is_empty() {
+        client.write_all(&buf).await.map_err(ProtocolError::from)?;
+        buf.clear();
+    }
+    // md5 salts with the name the client logged in as, so use it as sent.
+    let login_name = params.get("user").unwrap_or_default();
+    auth::authenticate(
+        client,
+        config.auth.method,
+        login_name,
+        secret.as_ref(),
+        &ctx.server_key,
+    )
+    .await?;
+    if secret.is_none() {
+        // Only reachable with `trust`: the user must still exist.
+        return Err(AuthError::Failed(resolved.user.clone()).into());
+    }
+
+    let key = PoolKey {
+        tenant: resolved.tenant.clone(),
+        database: resolved.database.clone(),
+        access,
+    };
+    let size = info.pool_size.unwrap_or(config.pool.default_pool_size);
+    let mut backend = ctx.pools.checkout(&key, size).await?;
+    if let Err(e) = settings::apply(backend.backend(), &wanted).await {
+        backend.release(&config.pool.server_reset_query).await;
+        return Err(e);
+    }
+
+    let cancel_key = ctx.cancels.issue();
+    messages::auth_ok(&mut buf);
+    for (name, value) in &backend.backend().params {
+        messages::parameter_status(&mut buf, name, value);
+    }
+    messages::backend_key_data(&mut buf, cancel_key.0, cancel_key.1);
+    messages::ready_for_query(&mut buf, b'I');
+    if let Err(e) = client.write_all(&buf).await {
+        ctx.cancels.remove(cancel_key);
+        backend.release(&config.pool.server_reset_query).await;
+        return Err(ProtocolError::from(e).into());
+    }
+    Ok(Some(Ready {
+        backend,
+        key: cancel_key,
+    }))
+}
+
+/// Finds the user's secret: the auth file first, then the registry.
+async fn lookup_secret(
+    ctx: &Context,
+    resolved: &tenant::Resolved,
+) -> Result<(Option<Secret>, AccessLevel), SessionError> {
+    let file_key = format!("{}@{}", resolved.user, resolved.tenant);
+    if let Some(secret) = ctx.auth_file.get(&file_key) {
+        return Ok((Some(secret.clone()), AccessLevel::ReadWrite));
+    }
+    match ctx.registry.user(&resolved.tenant, &resolved.user).await? {
+        Some(record) => match Secret::parse(&record.secret) {
+            Ok(secret) => Ok((Some(secret), record.access)),
+            Err(e) => {
+                warn!(error = %e, "stored secret is malformed; treating the user as unknown");
+                Ok((None, record.access))
+            }
+        },
+        None => Ok((None, AccessLevel::ReadWrite)),
+    }
+}
+
+/// Relays until either side leaves, then returns or closes the backend.
+async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
+    let Ready { mut backend, key } = ready;
+    let (addr, backend_key) = {
+        let b = backend.backend();
+        (b.addr.clone(), b.key)
+    };
+    ctx.cancels.attach(key, &addr, backend_key);
+    let mut state = RelayState::default();
+    state.backend.last_status = b'I';
+    let end = relay(&mut client, &mut backend.backend().stream, &mut state).await;
+    ctx.cancels.remove(key);
+    debug!(?end, "session ended");
+    match end {
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone if state.backend_idle() => {
+            backend.release(&ctx.config.pool.server_reset_query).await;
+        }
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone | RelayEnd::ClientCorrupt => {
+            if end == RelayEnd::ClientCorrupt {
+                let mut buf = BytesMut::new();
+                ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "invalid message length")
+                    .encode(&mut buf);
+                let _ = client.write_all(&buf).await;
+            }
+            // The backend may still be running the client's query: stop it,
+            // then close the connection rather than return it.
+            if state.client.syncs != state.backend.ready {
+                if let Err(e) = crate::pool::send_cancel(&addr, backend_key).await {
+                    debug!(error = %e, "cancel of abandoned query failed");
+                }
+            }
+            drop(backend);
+        }
+        RelayEnd::BackendGone | RelayEnd::BackendCorrupt => {
+            if state.backend.at_boundary() {
+                let mut buf = BytesMut::new();
+                ErrorFields::fatal(SqlState::CONNECTION_FAILURE, "server connection lost")
+                    .encode(&mut buf);
+                let _ = client.write_all(&buf).await;
+            }
+            drop(backend);
+        }
+    }
+    let _ = client.shutdown().await;
+}
+
+/// Startup parameters handled by the proxy itself, never applied as settings.
+pub(crate) fn is_connection_param(name: &str) -> bool {
+    matches!(name, "user" | "database" | "options" | "replication")
+}
+
+/// A startup packet's parameters, for tests and tools.
+pub fn startup_params(pairs: &[(&str, &str)]) -> StartupParams {
+    StartupParams(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}

@@ -1,0 +1,247 @@
+//! The relay: forwards bytes between a client and its backend, both ways at
+//! once, looking only at message headers.
+//!
+//! Hand-rolled on purpose: this is the hot path. Each direction reads into a
+//! buffer allocated once per session and writes the same bytes on; a tiny
+//! scanner walks the 5-byte headers inside each chunk to learn just what the
+//! proxy must know (the client's Terminate, how many replies are owed, the
+//! backend's transaction status) without copying or allocating per message.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::net::Stream;
+use crate::protocol::tag;
+
+/// Size of each direction's buffer.
+const CHUNK: usize = 16 * 1024;
+
+/// Walks message boundaries across the chunks of one direction.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes of the current message not seen yet.
+    body_left: usize,
+    /// The current message is a ReadyForQuery whose status byte is next.
+    want_status: bool,
+    /// Messages that each end with one ReadyForQuery (Query, Sync, FunctionCall).
+    pub syncs: u64,
+    /// ReadyForQuery messages seen.
+    pub ready: u64,
+    /// Status byte of the last ReadyForQuery.
+    pub last_status: u8,
+}
+
+/// What the scanner found in a chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// Forward the whole chunk.
+    Forward,
+    /// A Terminate starts at this offset: forward only what comes before it.
+    Terminate(usize),
+    /// A length word below 4: the stream is corrupt.
+    Corrupt,
+}
+
+impl Scanner {
+    /// True between messages.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.body_left == 0
+    }
+
+    /// Scans one chunk. `client` selects the client-to-server rules.
+    pub fn scan(&mut self, chunk: &[u8], client: bool) -> Scan {
+        let mut pos = 0;
+        while pos < chunk.len() {
+            if self.body_left > 0 {
+                if self.want_status {
+                    self.last_status = chunk[pos];
+                    self.want_status = false;
+                }
+                let take = self.body_left.min(chunk.len() - pos);
+                self.body_left -= take;
+                pos += take;
+                continue;
+            }
+            if self.header_len == 0 && client && chunk[pos] == tag::TERMINATE {
+                return Scan::Terminate(pos);
+            }
+            let take = (5 - self.header_len).min(chunk.len() - pos);
+            self.header[self.header_len..self.header_len + take]
+                .copy_from_slice(&chunk[pos..pos + take]);
+            self.header_len += take;
+            pos += take;
+            if self.header_len < 5 {
+                continue;
+            }
+            self.header_len = 0;
+            let len = u32::from_be_bytes([
+                self.header[1],
+                self.header[2],
+                self.header[3],
+                self.header[4],
+            ]) as usize;
+            if len < 4 {
+                return Scan::Corrupt;
+            }
+            self.body_left = len - 4;
+            match (client, self.header[0]) {
+                (true, b'Q' | b'S' | b'F') => self.syncs += 1,
+                (false, tag::READY_FOR_QUERY) => {
+                    self.ready += 1;
+                    self.want_status = self.body_left > 0;
+                }
+                _ => {}
+            }
+        }
+        Scan::Forward
+    }
+}
+
+/// Why the relay stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The client sent Terminate.
+    ClientTerminated,
+    /// The client's connection closed or failed.
+    ClientGone,
+    /// The client sent a corrupt length.
+    ClientCorrupt,
+    /// The backend's connection closed or failed.
+    BackendGone,
+    /// The backend sent a corrupt length.
+    BackendCorrupt,
+}
+
+/// Both directions' scanners after the relay stopped.
+#[derive(Debug, Default)]
+pub struct RelayState {
+    /// Client to server.
+    pub client: Scanner,
+    /// Server to client.
+    pub backend: Scanner,
+}
+
+impl RelayState {
+    /// The backend owes nothing and is outside a transaction: safe to reset and reuse.
+    pub fn backend_idle(&self) -> bool {
+        self.client.at_boundary()
+            && self.backend.at_boundary()
+            && self.client.syncs == self.backend.ready
+            && self.backend.last_status == b'I'
+    }
+}
+
+/// Relays until either side ends. `state.backend.last_status` must hold the
+/// status of the ReadyForQuery the client was last sent.
+pub async fn relay(client: &mut Stream, backend: &mut Stream, state: &mut RelayState) -> RelayEnd {
+    let (mut client_rx, mut client_tx) = client.split();
+    let (mut backend_rx, mut backend_tx) = backend.split();
+    let mut up = vec![0u8; CHUNK];
+    let mut down = vec![0u8; CHUNK];
+    let RelayState {
+        client: cs,
+        backend: bs,
+    } = state;
+    // Cancel safety: whichever direction loses the race is dropped between or
+    // inside a write; the scanners say whether that left the backend mid-message.
+    tokio::select! {
+        end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, true) => end,
+        end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, false) => end,
+    }
+}
+
+async fn pump<R, W>(
+    rx: &mut R,
+    tx: &mut W,
+    buf: &mut [u8],
+    scanner: &mut Scanner,
+    client: bool,
+) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (gone_here, gone_there, corrupt) = if client {
+        (
+            RelayEnd::ClientGone,
+            RelayEnd::BackendGone,
+            RelayEnd::ClientCorrupt,
+        )
+    } else {
+        (
+            RelayEnd::BackendGone,
+            RelayEnd::ClientGone,
+            RelayEnd::BackendCorrupt,
+        )
+    };
+    loop {
+        let n = match rx.read(buf).await {
+            Ok(0) | Err(_) => return gone_here,
+            Ok(n) => n,
+        };
+        let (upto, end) = match scanner.scan(&buf[..n], client) {
+            Scan::Forward => (n, None),
+            Scan::Terminate(at) => (at, Some(RelayEnd::ClientTerminated)),
+            Scan::Corrupt => return corrupt,
+        };
+        if upto > 0 && tx.write_all(&buf[..upto]).await.is_err() {
+            return gone_there;
+        }
+        if let Some(end) = end {
+            return end;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn counts_syncs_and_ready_across_any_split() {
+        let mut client = Vec::new();
+        client.extend(msg(b'Q', b"select 1\0"));
+        client.extend(msg(b'P', b"\0select 2\0\0\0"));
+        client.extend(msg(b'S', b""));
+        let mut server = Vec::new();
+        server.extend(msg(b'T', b"\0\0"));
+        server.extend(msg(b'Z', b"T"));
+        server.extend(msg(b'C', b"SELECT 1\0"));
+        server.extend(msg(b'Z', b"I"));
+        for split in 1..client.len().max(server.len()) {
+            let mut c = Scanner::default();
+            for chunk in client.chunks(split) {
+                assert_eq!(c.scan(chunk, true), Scan::Forward);
+            }
+            assert_eq!(c.syncs, 2);
+            assert!(c.at_boundary());
+            let mut s = Scanner::default();
+            for chunk in server.chunks(split) {
+                assert_eq!(s.scan(chunk, false), Scan::Forward);
+            }
+            assert_eq!((s.ready, s.last_status), (2, b'I'), "split {split}");
+        }
+    }
+
+    #[test]
+    fn finds_terminate_and_corruption() {
+        let mut data = msg(b'Q', b"x\0");
+        let at = data.len();
+        data.extend(msg(b'X', b""));
+        let mut c = Scanner::default();
+        assert_eq!(c.scan(&data, true), Scan::Terminate(at));
+        // An 'X' byte inside a body is not a Terminate.
+        let mut c = Scanner::default();
+        assert_eq!(c.scan(&msg(b'Q', b"X\0"), true), Scan::Forward);
+        let mut c = Scanner::default();
+        assert_eq!(c.scan(b"Q\0\0\0\x02", true), Scan::Corrupt);
+    }
+}

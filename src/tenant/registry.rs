@@ -1,0 +1,335 @@
+//! The tenant registry cache: every tenant row of `commons.tenants`, loaded at
+//! start and kept current by `LISTEN pgtenant_registry` on the proxy's own
+//! connection, which also answers credential lookups.
+//!
+//! That connection is opened with `search_path=pg_catalog` and every query
+//! names its schema, so nothing a client sends can change what it reads
+//! (PgBouncer's CVE-2025-12819 ran its auth query under a client-chosen
+//! `search_path`).
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures_util::{stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::BackendConfig;
+
+use super::id::{AccessLevel, TenantId};
+
+/// The channel the registry trigger notifies.
+pub const CHANNEL: &str = "pgtenant_registry";
+
+/// A tenant's lifecycle state, from `commons.tenants.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantStatus {
+    /// Being created; not served yet.
+    Provisioning,
+    /// Served.
+    Active,
+    /// Refused until resumed.
+    Suspended,
+    /// Being removed.
+    Dropping,
+}
+
+impl TenantStatus {
+    fn parse(s: &str) -> Option<TenantStatus> {
+        Some(match s {
+            "provisioning" => TenantStatus::Provisioning,
+            "active" => TenantStatus::Active,
+            "suspended" => TenantStatus::Suspended,
+            "dropping" => TenantStatus::Dropping,
+            _ => return None,
+        })
+    }
+}
+
+/// What the proxy knows of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// The id.
+    pub id: TenantId,
+    /// Its state.
+    pub status: TenantStatus,
+    /// `config.pool_size`, overriding `pool.default_pool_size`.
+    pub pool_size: Option<usize>,
+}
+
+/// A tenant user's stored credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The stored secret (SCRAM verifier, md5 hash or plain).
+    pub secret: String,
+    /// The pool it gets.
+    pub access: AccessLevel,
+}
+
+/// Why the registry could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No connection to the registry right now.
+    #[error("the tenant registry is not reachable")]
+    Unavailable,
+    /// A query failed.
+    #[error("registry query failed: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// The live registry cache; cheap to share.
+pub struct Registry {
+    tenants: DashMap<String, TenantInfo>,
+    /// The current connection, replaced on reconnect.
+    client: RwLock<Option<Arc<Client>>>,
+}
+
+const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size')";
+
+impl Registry {
+    /// Connects, loads every tenant, and keeps the cache current until
+    /// `shutdown` fires. Fails if the first connection fails.
+    pub async fn start(
+        backend: &BackendConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Registry>, RegistryError> {
+        let registry = Arc::new(Registry {
+            tenants: DashMap::new(),
+            client: RwLock::new(None),
+        });
+        let pg = pg_config(backend);
+        let (notify_tx, notify_rx) = mpsc::unbounded_channel();
+        let connected = registry
+            .connect(&pg, notify_tx.clone(), shutdown.clone())
+            .await?;
+        registry.reload_all().await?;
+        tokio::spawn(Arc::clone(&registry).reload_on_notify(notify_rx, shutdown.clone()));
+        tokio::spawn(Arc::clone(&registry).stay_connected(pg, connected, notify_tx, shutdown));
+        Ok(registry)
+    }
+
+    /// The tenant with this id, if registered.
+    pub fn tenant(&self, id: &str) -> Option<TenantInfo> {
+        self.tenants.get(id).map(|t| t.clone())
+    }
+
+    /// Whether a tenant id is registered (any status).
+    pub fn is_registered(&self, id: &str) -> bool {
+        self.tenants.contains_key(id)
+    }
+
+    /// Number of tenants in the cache.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// True when no tenant is registered.
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
+    /// The active credentials of `user` in `tenant`, if any.
+    pub async fn user(
+        &self,
+        tenant: &TenantId,
+        user: &str,
+    ) -> Result<Option<UserRecord>, RegistryError> {
+        let client = self.client()?;
+        let row = client
+            .query_opt(
+                "SELECT secret, access FROM commons.tenant_users \
+                 WHERE tenant_id = $1 AND username = $2 AND active",
+                &[&tenant.as_str(), &user],
+            )
+            .await?;
+        Ok(row.and_then(|row| {
+            let access = AccessLevel::parse(row.get::<_, &str>(1))?;
+            Some(UserRecord {
+                secret: row.get(0),
+                access,
+            })
+        }))
+    }
+
+    fn client(&self) -> Result<Arc<Client>, RegistryError> {
+        self.client
+            .read()
+            .map_err(|_| RegistryError::Unavailable)?
+            .clone()
+            .ok_or(RegistryError::Unavailable)
+    }
+
+    /// Opens a connection, starts `LISTEN`, and returns a receiver that fires when it ends.
+    async fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+        notify_tx: mpsc::UnboundedSender<String>,
+        shutdown: CancellationToken,
+    ) -> Result<tokio::sync::oneshot::Receiver<()>, RegistryError> {
+        let (client, mut connection) = pg.connect(NoTls).await?;
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    message = messages.next() => match message {
+                        Some(Ok(AsyncMessage::Notification(n))) => {
+                            let _ = notify_tx.send(n.payload().to_string());
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            warn!(error = %e, "registry connection failed");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            let _ = closed_tx.send(());
+        });
+        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+        if let Ok(mut slot) = self.client.write() {
+            *slot = Some(Arc::new(client));
+        }
+        Ok(closed_rx)
+    }
+
+    /// Reconnects with backoff whenever the connection ends, then reloads everything.
+    async fn stay_connected(
+        self: Arc<Self>,
+        pg: tokio_postgres::Config,
+        mut closed: tokio::sync::oneshot::Receiver<()>,
+        notify_tx: mpsc::UnboundedSender<String>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut closed => {}
+            }
+            if let Ok(mut slot) = self.client.write() {
+                *slot = None;
+            }
+            let mut delay = Duration::from_millis(100);
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                match self.connect(&pg, notify_tx.clone(), shutdown.clone()).await {
+                    Ok(rx) => {
+                        closed = rx;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "registry reconnect failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            info!("registry connection restored");
+            if let Err(e) = self.reload_all().await {
+                warn!(error = %e, "registry reload failed");
+            }
+        }
+    }
+
+    /// Applies notifications: one tenant when the payload names it, else everything.
+    async fn reload_on_notify(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<String>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = rx.recv() => match p { Some(p) => p, None => return },
+            };
+            let mut ids = HashSet::from([first]);
+            while let Ok(p) = rx.try_recv() {
+                ids.insert(p);
+            }
+            let result = if ids.len() > 64 || ids.iter().any(|p| TenantId::parse(p).is_err()) {
+                self.reload_all().await
+            } else {
+                self.reload_some(ids.into_iter().collect()).await
+            };
+            if let Err(e) = result {
+                warn!(error = %e, "registry reload failed");
+            }
+        }
+    }
+
+    async fn reload_all(&self) -> Result<(), RegistryError> {
+        let client = self.client()?;
+        let rows = client
+            .query(
+                &format!("SELECT {TENANT_COLUMNS} FROM commons.tenants"),
+                &[],
+            )
+            .await?;
+        let fresh: Vec<TenantInfo> = rows.iter().filter_map(tenant_from_row).collect();
+        let keep: HashSet<&str> = fresh.iter().map(|t| t.id.as_str()).collect();
+        self.tenants.retain(|id, _| keep.contains(id.as_str()));
+        for t in fresh {
+            self.tenants.insert(t.id.as_str().to_string(), t);
+        }
+        Ok(())
+    }
+
+    async fn reload_some(&self, ids: Vec<String>) -> Result<(), RegistryError> {
+        let client = self.client()?;
+        let rows = client
+            .query(
+                &format!("SELECT {TENANT_COLUMNS} FROM commons.tenants WHERE id = ANY($1)"),
+                &[&ids],
+            )
+            .await?;
+        let fresh: Vec<TenantInfo> = rows.iter().filter_map(tenant_from_row).collect();
+        for id in &ids {
+            if !fresh.iter().any(|t| t.id.as_str() == id) {
+                self.tenants.remove(id);
+            }
+        }
+        for t in fresh {
+            self.tenants.insert(t.id.as_str().to_string(), t);
+        }
+        Ok(())
+    }
+}
+
+fn tenant_from_row(row: &tokio_postgres::Row) -> Option<TenantInfo> {
+    let id = TenantId::parse(row.get::<_, &str>(0)).ok()?;
+    let status = TenantStatus::parse(row.get::<_, &str>(1))?;
+    let pool_size = row
+        .get::<_, Option<&str>>(2)
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0);
+    Some(TenantInfo {
+        id,
+        status,
+        pool_size,
+    })
+}
+
+/// Connection settings for the proxy's own admin connections: fixed
+/// `search_path`, so lookups never depend on anything a client chose.
+pub fn pg_config(backend: &BackendConfig) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&backend.host)
+        .port(backend.port)
+        .user(&backend.admin_user)
+        .dbname(&backend.registry_database)
+        .application_name("pgtenant-registry")
+        .options("-c search_path=pg_catalog")
+        .connect_timeout(Duration::from_secs(10));
+    if !backend.admin_password.is_empty() {
+        pg.password(&backend.admin_password);
+    }
+    pg
+}

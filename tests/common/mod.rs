@@ -1,0 +1,194 @@
+//! Test harness: one throwaway PostgreSQL per test binary (initdb in a temp
+//! dir, random port, SCRAM in pg_hba, removed when the binary exits), or the
+//! server named by `PGTENANT_TEST_PG` ("host:port:user:password"); an
+//! in-process proxy per test on 127.0.0.1:0; and unique tenants per test so
+//! tests run in parallel without seeing each other.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgtenant::config::Config;
+use pgtenant::provision::{self, ClusterOptions, LocalCluster};
+use pgtenant::server::Proxy;
+use pgtenant::tenant::{AccessLevel, TenantId};
+use tokio_postgres::NoTls;
+
+/// The PostgreSQL every test of this binary uses.
+pub struct Backend {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    _cluster: Option<LocalCluster>,
+}
+
+static BACKEND: OnceLock<Backend> = OnceLock::new();
+
+/// Starts (once) and returns the test PostgreSQL, with `pgtenant init` applied.
+pub fn backend() -> &'static Backend {
+    BACKEND.get_or_init(|| {
+        let backend = match std::env::var("PGTENANT_TEST_PG") {
+            Ok(spec) => {
+                let parts: Vec<&str> = spec.splitn(4, ':').collect();
+                assert_eq!(
+                    parts.len(),
+                    4,
+                    "PGTENANT_TEST_PG must be host:port:user:password"
+                );
+                Backend {
+                    host: parts[0].into(),
+                    port: parts[1].parse().expect("port"),
+                    user: parts[2].into(),
+                    password: parts[3].into(),
+                    _cluster: None,
+                }
+            }
+            Err(_) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("pgtenant-test-")
+                    .tempdir()
+                    .expect("temp dir")
+                    .keep();
+                let cluster = LocalCluster::start(ClusterOptions {
+                    dir,
+                    port: 0,
+                    superuser: "marvin".into(),
+                    password: "marvin-test".into(),
+                    remove_on_exit: true,
+                })
+                .expect("start a throwaway PostgreSQL");
+                Backend {
+                    host: cluster.host.clone(),
+                    port: cluster.port,
+                    user: cluster.superuser.clone(),
+                    password: cluster.password.clone(),
+                    _cluster: Some(cluster),
+                }
+            }
+        };
+        let config = base_config_for(&backend);
+        // Tests call this from inside their own runtime, which cannot block:
+        // run init on a thread of its own.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(provision::init(&config))
+                .expect("pgtenant init");
+        })
+        .join()
+        .expect("init thread");
+        backend
+    })
+}
+
+fn base_config_for(b: &Backend) -> Config {
+    let mut c = Config::parse("", "test").expect("defaults");
+    c.listen.addr = "127.0.0.1:0".parse().expect("addr");
+    c.backend.host = b.host.clone();
+    c.backend.port = b.port;
+    c.backend.admin_user = b.user.clone();
+    c.backend.admin_password = b.password.clone();
+    c.backend.tenant_role_secret = "test-secret".into();
+    c.provision.migrations_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("sql")
+        .display()
+        .to_string();
+    c.pool.query_wait_timeout = 10.0;
+    c
+}
+
+/// A config pointing at the test PostgreSQL, listening on a free port.
+pub fn config() -> Config {
+    base_config_for(backend())
+}
+
+/// Starts a proxy with `config`.
+pub async fn start_proxy(config: Config) -> Proxy {
+    Proxy::start(config).await.expect("proxy starts")
+}
+
+/// Creates an active tenant `id` with user `alice` / password `alice-pw` (rw)
+/// and `reader` / `reader-pw` (ro).
+pub async fn tenant(config: &Config, id: &str) -> TenantId {
+    let id = TenantId::parse(id).expect("tenant id");
+    provision::create_tenant(config, &id, id.as_str())
+        .await
+        .expect("create tenant");
+    provision::add_user(config, &id, "alice", "alice-pw", AccessLevel::ReadWrite)
+        .await
+        .expect("add alice");
+    provision::add_user(config, &id, "reader", "reader-pw", AccessLevel::ReadOnly)
+        .await
+        .expect("add reader");
+    id
+}
+
+/// A connection string to the proxy.
+pub fn conninfo(proxy: &Proxy, user: &str, password: &str, extra: &str) -> String {
+    let addr = proxy.local_addr();
+    format!(
+        "host={} port={} user={user} password={password} dbname=crm_db {extra}",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+/// Connects with tokio-postgres through the proxy.
+pub async fn connect(
+    proxy: &Proxy,
+    user: &str,
+    password: &str,
+    extra: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) =
+        tokio_postgres::connect(&conninfo(proxy, user, password, extra), NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Connects straight to PostgreSQL as the admin role.
+pub async fn admin(dbname: &str) -> tokio_postgres::Client {
+    let b = backend();
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user={} password={} dbname={dbname}",
+            b.host, b.port, b.user, b.password
+        ),
+        NoTls,
+    )
+    .await
+    .expect("admin connects");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// The SQLSTATE of a failed call.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no code: {e}"))
+}
+
+/// Polls `check` every 20 ms until it is true or `limit` passes.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
