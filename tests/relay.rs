@@ -425,3 +425,34 @@ async fn a_tenants_pool_size_override_applies_live() {
     );
     drop((first, second));
 }
+
+#[tokio::test]
+async fn waiting_clients_are_served_first_come_first_served() {
+    let mut config = config();
+    config.pool.default_pool_size = 1;
+    tenant(&config, "r_fifo").await;
+    let proxy = std::sync::Arc::new(start_proxy(config).await);
+    let holder = connect(&proxy, "alice@r_fifo", "alice-pw", "")
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for i in 0..5 {
+        let (proxy, tx) = (std::sync::Arc::clone(&proxy), tx.clone());
+        waiters.push(tokio::spawn(async move {
+            let c = connect(&proxy, "alice@r_fifo", "alice-pw", "")
+                .await
+                .unwrap();
+            tx.send(i).unwrap();
+            drop(c);
+        }));
+        // Each waiter is queued before the next one starts.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    drop(holder);
+    for w in waiters {
+        w.await.unwrap();
+    }
+    let order: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(order, vec![0, 1, 2, 3, 4]);
+}

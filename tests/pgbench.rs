@@ -1,0 +1,124 @@
+//! pgbench, the reference PostgreSQL load client, through the proxy: the
+//! TPC-B-like script (simple protocol) and the read-only one with prepared
+//! statements, no failed transaction in either.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+/// Creates pgbench's tables in the tenant's schema as the admin role and lets
+/// the tenant's role use them.
+fn pgbench_init(schema: &str, role: &str) {
+    let b = backend();
+    let out = Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            &b.host,
+            "-p",
+            &b.port.to_string(),
+            "-U",
+            &b.user,
+            "crm_db",
+        ])
+        .env("PGPASSWORD", &b.password)
+        .env("PGOPTIONS", format!("-c search_path={schema}"))
+        .output()
+        .expect("pgbench runs");
+    assert!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            &b.host,
+            "-p",
+            &b.port.to_string(),
+            "-U",
+            &b.user,
+            "-d",
+            "crm_db",
+        ])
+        .args([
+            "-c",
+            &format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        ])
+        .env("PGPASSWORD", &b.password)
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "grant: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs pgbench through the proxy; returns (transactions processed, failed).
+fn pgbench(port: u16, user: &str, args: &[&str]) -> (u64, u64) {
+    let out = Command::new("pgbench")
+        .args(["-n", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(args)
+        .arg("crm_db")
+        .env("PGPASSWORD", "alice-pw")
+        .output()
+        .expect("pgbench runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .find(|s| !s.is_empty())
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{text}"))
+    };
+    let failed = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("number of failed transactions: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (field("number of transactions actually processed: "), failed)
+}
+
+#[tokio::test]
+async fn pgbench_runs_clean_through_the_proxy() {
+    let mut config = config();
+    config.pool.default_pool_size = 8;
+    tenant(&config, "b_bench").await;
+    pgbench_init("tenant_b_bench", "tenant_b_bench_rw");
+    let proxy = start_proxy(config).await;
+    let port = proxy.local_addr().port();
+    let run = |args: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || pgbench(port, "alice@b_bench", args))
+    };
+    let (done, failed) = run(&["-c", "8", "-j", "2", "-t", "100"]).await.unwrap();
+    assert_eq!((done, failed), (800, 0));
+    let (done, failed) = run(&["-S", "-M", "prepared", "-c", "4", "-t", "250"])
+        .await
+        .unwrap();
+    assert_eq!((done, failed), (1000, 0));
+    // The work landed in the tenant's own schema.
+    let admin = admin("crm_db").await;
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM tenant_b_bench.pgbench_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 800);
+}
