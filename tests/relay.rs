@@ -456,3 +456,86 @@ async fn waiting_clients_are_served_first_come_first_served() {
     let order: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
     assert_eq!(order, vec![0, 1, 2, 3, 4]);
 }
+
+#[tokio::test]
+async fn notifications_never_cross_tenants() {
+    let config = config();
+    tenant(&config, "r_chan_a").await;
+    tenant(&config, "r_chan_b").await;
+    let proxy = start_proxy(config).await;
+    let addr = proxy.local_addr();
+    let (listener, mut conn) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user=alice@r_chan_a password=alice-pw dbname=crm_db",
+            addr.ip(),
+            addr.port()
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_string());
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN shared_channel")
+        .await
+        .unwrap();
+    // Same database, same channel name, another tenant: must not arrive.
+    let other = connect(&proxy, "alice@r_chan_b", "alice-pw", "")
+        .await
+        .unwrap();
+    other
+        .batch_execute("NOTIFY shared_channel, 'from b'")
+        .await
+        .unwrap();
+    other
+        .batch_execute("SELECT pg_notify('shared_channel', 'from b again')")
+        .await
+        .unwrap();
+    // The listener's own tenant and the admin role get through.
+    let same = connect(&proxy, "alice@r_chan_a", "alice-pw", "")
+        .await
+        .unwrap();
+    same.batch_execute("NOTIFY shared_channel, 'from a'")
+        .await
+        .unwrap();
+    let admin = admin("crm_db").await;
+    admin
+        .batch_execute("NOTIFY shared_channel, 'from admin'")
+        .await
+        .unwrap();
+    // A tenant-b session that has already disconnected is still not let through.
+    let gone = connect(&proxy, "alice@r_chan_b", "alice-pw", "")
+        .await
+        .unwrap();
+    gone.batch_execute("NOTIFY shared_channel, 'from b, gone'")
+        .await
+        .unwrap();
+    drop(gone);
+    listener
+        .batch_execute("NOTIFY shared_channel, 'from myself'")
+        .await
+        .unwrap();
+
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(p)) => got.push(p),
+            _ => break,
+        }
+    }
+    // Anything still in flight from b would have arrived by now.
+    listener.batch_execute("SELECT 1").await.unwrap();
+    while let Ok(p) = rx.try_recv() {
+        got.push(p);
+    }
+    got.sort();
+    assert_eq!(got, vec!["from a", "from admin", "from myself"]);
+}

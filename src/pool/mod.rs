@@ -23,6 +23,12 @@ use crate::tenant::{role_password, AccessLevel, TenantId};
 
 pub use backend::{send_cancel, Backend, BackendAddr, BackendError};
 
+/// How long the reset query may take before the connection is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bound on remembered server pids (see `Pools::pids`).
+const MAX_REMEMBERED_PIDS: usize = 100_000;
+
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -74,6 +80,10 @@ struct Pool {
 /// All pools of this process.
 pub struct Pools {
     pools: DashMap<PoolKey, Arc<Pool>>,
+    /// Which tenant each server process this proxy opened served, kept after
+    /// it closes (until its pid is reused), to attribute notifications whose
+    /// sender has already gone.
+    pids: DashMap<i32, TenantId>,
     backend: BackendConfig,
     config: PoolConfig,
 }
@@ -91,6 +101,7 @@ impl Pools {
     pub fn new(backend: BackendConfig, config: PoolConfig) -> Pools {
         Pools {
             pools: DashMap::new(),
+            pids: DashMap::new(),
             backend,
             config,
         }
@@ -181,10 +192,20 @@ impl Pools {
             ("database", key.database.as_str()),
             ("options", options.as_str()),
         ];
-        tokio::time::timeout(limit, Backend::connect(&addr, &startup, &password))
+        let backend = tokio::time::timeout(limit, Backend::connect(&addr, &startup, &password))
             .await
             .map_err(|_| PoolError::ConnectTimeout)?
-            .map_err(PoolError::from)
+            .map_err(PoolError::from)?;
+        if self.pids.len() >= MAX_REMEMBERED_PIDS {
+            self.pids.clear();
+        }
+        self.pids.insert(backend.key.0, key.tenant.clone());
+        Ok(backend)
+    }
+
+    /// The tenant whose pool last opened server process `pid`, if this proxy did.
+    pub fn tenant_of_pid(&self, pid: i32) -> Option<TenantId> {
+        self.pids.get(&pid).map(|t| t.clone())
     }
 
     /// Number of pools.
@@ -213,16 +234,18 @@ impl PooledBackend {
         let Some(mut backend) = self.backend.take() else {
             return;
         };
-        match backend.simple_query(reset_query).await {
-            Ok(b'I') => {
+        let reset = tokio::time::timeout(RESET_TIMEOUT, backend.simple_query(reset_query)).await;
+        match reset {
+            Ok(Ok(b'I')) => {
                 if let Ok(mut idle) = self.pool.idle.lock() {
                     idle.push(backend);
                 }
             }
-            other => {
-                debug!(tenant = %self.pool.key.tenant, result = ?other.err(), "server reset failed; closing");
+            Ok(other) => {
+                debug!(tenant = %self.pool.key.tenant, result = ?other, "server reset failed; closing");
                 backend.close().await;
             }
+            Err(_) => debug!(tenant = %self.pool.key.tenant, "server reset timed out; closing"),
         }
     }
 }

@@ -27,6 +27,8 @@ pub mod tag {
     pub const ERROR_RESPONSE: u8 = b'E';
     /// Backend: notice.
     pub const NOTICE_RESPONSE: u8 = b'N';
+    /// Backend: asynchronous notification (LISTEN/NOTIFY).
+    pub const NOTIFICATION_RESPONSE: u8 = b'A';
     /// Backend: command complete.
     pub const COMMAND_COMPLETE: u8 = b'C';
     /// Frontend: password / SASL response.

@@ -20,10 +20,12 @@ use crate::pool::{PoolError, PoolKey, PooledBackend, Pools};
 use crate::protocol::{
     messages, read_startup, ErrorFields, ProtocolError, SqlState, StartupPacket, StartupParams,
 };
-use crate::tenant::{self, AccessLevel, Registry, RegistryError, ResolveError, TenantStatus};
+use crate::tenant::{
+    self, AccessLevel, Registry, RegistryError, ResolveError, TenantId, TenantStatus,
+};
 
 pub use cancel::CancelMap;
-use relay::{relay, RelayEnd, RelayState};
+use relay::{relay, NotificationGate, RelayEnd, RelayState};
 
 /// Everything sessions share.
 pub struct Context {
@@ -95,6 +97,38 @@ impl SessionError {
 struct Ready {
     backend: PooledBackend,
     key: (i32, i32),
+    tenant: TenantId,
+}
+
+/// Lets through only notifications sent by the client's own tenant (or the
+/// admin role): PostgreSQL's channels are per database, not per schema.
+struct TenantGate<'a> {
+    registry: &'a Registry,
+    pools: &'a Pools,
+    tenant: &'a TenantId,
+    admin: &'a str,
+    own_pid: i32,
+}
+
+impl NotificationGate for TenantGate<'_> {
+    async fn allows(&self, sender: i32) -> bool {
+        if sender == self.own_pid {
+            return true;
+        }
+        match self.registry.role_of_pid(sender).await {
+            Ok(Some(role)) => {
+                role == self.admin
+                    || role == self.tenant.role(AccessLevel::ReadWrite)
+                    || role == self.tenant.role(AccessLevel::ReadOnly)
+            }
+            // The sender has gone: trust only this proxy's own record of it.
+            Ok(None) => self.pools.tenant_of_pid(sender).as_ref() == Some(self.tenant),
+            Err(e) => {
+                warn!(error = %e, "cannot check a notification's sender; dropping it");
+                false
+            }
+        }
+    }
 }
 
 /// Serves one client connection to its end. Never panics on client input;
@@ -246,6 +280,7 @@ async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Ready>, Sess
     Ok(Some(Ready {
         backend,
         key: cancel_key,
+        tenant: resolved.tenant,
     }))
 }
 
@@ -272,7 +307,11 @@ async fn lookup_secret(
 
 /// Relays until either side leaves, then returns or closes the backend.
 async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
-    let Ready { mut backend, key } = ready;
+    let Ready {
+        mut backend,
+        key,
+        tenant,
+    } = ready;
     let (addr, backend_key) = {
         let b = backend.backend();
         (b.addr.clone(), b.key)
@@ -280,7 +319,20 @@ async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
     ctx.cancels.attach(key, &addr, backend_key);
     let mut state = RelayState::default();
     state.backend.last_status = b'I';
-    let end = relay(&mut client, &mut backend.backend().stream, &mut state).await;
+    let gate = TenantGate {
+        registry: &ctx.registry,
+        pools: &ctx.pools,
+        tenant: &tenant,
+        admin: &ctx.config.backend.admin_user,
+        own_pid: backend_key.0,
+    };
+    let end = relay(
+        &mut client,
+        &mut backend.backend().stream,
+        &mut state,
+        &gate,
+    )
+    .await;
     ctx.cancels.remove(key);
     debug!(?end, "session ended");
     match end {

@@ -39,6 +39,9 @@ pub enum Scan {
     Forward,
     /// A Terminate starts at this offset: forward only what comes before it.
     Terminate(usize),
+    /// A NotificationResponse starts at this offset (not consumed): forward
+    /// what comes before it, then let the gate decide on the whole message.
+    Notification(usize),
     /// A length word below 4: the stream is corrupt.
     Corrupt,
 }
@@ -63,8 +66,13 @@ impl Scanner {
                 pos += take;
                 continue;
             }
-            if self.header_len == 0 && client && chunk[pos] == tag::TERMINATE {
-                return Scan::Terminate(pos);
+            if self.header_len == 0 {
+                if client && chunk[pos] == tag::TERMINATE {
+                    return Scan::Terminate(pos);
+                }
+                if !client && chunk[pos] == tag::NOTIFICATION_RESPONSE {
+                    return Scan::Notification(pos);
+                }
             }
             let take = (5 - self.header_len).min(chunk.len() - pos);
             self.header[self.header_len..self.header_len + take]
@@ -132,9 +140,25 @@ impl RelayState {
     }
 }
 
+/// Decides whether a notification may reach this client: LISTEN/NOTIFY
+/// channels are per database in PostgreSQL, shared by every tenant's schema,
+/// so a notification sent by another tenant's session must not be delivered.
+pub trait NotificationGate: Sync {
+    /// Whether a notification from backend process `sender` may be delivered.
+    fn allows(&self, sender: i32) -> impl std::future::Future<Output = bool> + Send;
+}
+
+/// Largest notification the gate reads whole (PostgreSQL caps payloads at 8000 bytes).
+const MAX_NOTIFICATION: usize = 64 * 1024;
+
 /// Relays until either side ends. `state.backend.last_status` must hold the
 /// status of the ReadyForQuery the client was last sent.
-pub async fn relay(client: &mut Stream, backend: &mut Stream, state: &mut RelayState) -> RelayEnd {
+pub async fn relay<G: NotificationGate>(
+    client: &mut Stream,
+    backend: &mut Stream,
+    state: &mut RelayState,
+    gate: &G,
+) -> RelayEnd {
     let (mut client_rx, mut client_tx) = client.split();
     let (mut backend_rx, mut backend_tx) = backend.split();
     let mut up = vec![0u8; CHUNK];
@@ -146,22 +170,25 @@ pub async fn relay(client: &mut Stream, backend: &mut Stream, state: &mut RelayS
     // Cancel safety: whichever direction loses the race is dropped between or
     // inside a write; the scanners say whether that left the backend mid-message.
     tokio::select! {
-        end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, true) => end,
-        end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, false) => end,
+        end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, None::<&G>) => end,
+        end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, Some(gate)) => end,
     }
 }
 
-async fn pump<R, W>(
+/// Copies one direction; `gate` is `Some` for the backend-to-client one.
+async fn pump<R, W, G>(
     rx: &mut R,
     tx: &mut W,
     buf: &mut [u8],
     scanner: &mut Scanner,
-    client: bool,
+    gate: Option<&G>,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
+    G: NotificationGate,
 {
+    let client = gate.is_none();
     let (gone_here, gone_there, corrupt) = if client {
         (
             RelayEnd::ClientGone,
@@ -180,18 +207,77 @@ where
             Ok(0) | Err(_) => return gone_here,
             Ok(n) => n,
         };
-        let (upto, end) = match scanner.scan(&buf[..n], client) {
-            Scan::Forward => (n, None),
-            Scan::Terminate(at) => (at, Some(RelayEnd::ClientTerminated)),
-            Scan::Corrupt => return corrupt,
-        };
-        if upto > 0 && tx.write_all(&buf[..upto]).await.is_err() {
-            return gone_there;
-        }
-        if let Some(end) = end {
-            return end;
+        let mut start = 0;
+        while start < n {
+            let chunk = &buf[start..n];
+            let (upto, next) = match scanner.scan(chunk, client) {
+                Scan::Forward => (chunk.len(), None),
+                Scan::Terminate(at) => (at, Some(Err(RelayEnd::ClientTerminated))),
+                Scan::Notification(at) => (at, Some(Ok(at))),
+                Scan::Corrupt => return corrupt,
+            };
+            if upto > 0 && tx.write_all(&chunk[..upto]).await.is_err() {
+                return gone_there;
+            }
+            match next {
+                None => start = n,
+                Some(Err(end)) => return end,
+                Some(Ok(at)) => {
+                    let Some(gate) = gate else { return corrupt };
+                    // Rare: a notification is read whole into its own buffer.
+                    let mut message = Vec::new();
+                    let used = match read_whole(rx, &chunk[at..], &mut message).await {
+                        Ok(used) => used,
+                        Err(Some(())) => return corrupt,
+                        Err(None) => return gone_here,
+                    };
+                    let sender = message
+                        .get(5..9)
+                        .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    if let Some(sender) = sender {
+                        if gate.allows(sender).await && tx.write_all(&message).await.is_err() {
+                            return gone_there;
+                        }
+                    }
+                    start += at + used;
+                }
+            }
         }
     }
+}
+
+/// Collects one whole message that starts at `pending[0]` into `out`, reading
+/// the rest from `rx`. Returns how many bytes of `pending` it used;
+/// `Err(Some(()))` for a bad length, `Err(None)` when the stream ended.
+async fn read_whole<R: AsyncRead + Unpin>(
+    rx: &mut R,
+    pending: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<usize, Option<()>> {
+    let from_pending = pending.len().min(5);
+    out.extend_from_slice(&pending[..from_pending]);
+    if out.len() < 5 {
+        let mut rest = [0u8; 5];
+        let missing = 5 - out.len();
+        rx.read_exact(&mut rest[..missing])
+            .await
+            .map_err(|_| None)?;
+        out.extend_from_slice(&rest[..missing]);
+    }
+    let len = u32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+    if !(4..=MAX_NOTIFICATION).contains(&len) {
+        return Err(Some(()));
+    }
+    let total = len + 1;
+    let more = (total - 5).min(pending.len() - from_pending);
+    out.extend_from_slice(&pending[from_pending..from_pending + more]);
+    let used = from_pending + more;
+    if out.len() < total {
+        let already = out.len();
+        out.resize(total, 0);
+        rx.read_exact(&mut out[already..]).await.map_err(|_| None)?;
+    }
+    Ok(used)
 }
 
 #[cfg(test)]
@@ -228,6 +314,43 @@ mod tests {
                 assert_eq!(s.scan(chunk, false), Scan::Forward);
             }
             assert_eq!((s.ready, s.last_status), (2, b'I'), "split {split}");
+        }
+    }
+
+    struct DenySeven;
+
+    impl NotificationGate for DenySeven {
+        async fn allows(&self, sender: i32) -> bool {
+            sender != 7
+        }
+    }
+
+    fn notification(pid: i32, payload: &str) -> Vec<u8> {
+        let mut body = pid.to_be_bytes().to_vec();
+        body.extend_from_slice(b"events\0");
+        body.extend_from_slice(payload.as_bytes());
+        body.push(0);
+        msg(b'A', &body)
+    }
+
+    #[tokio::test]
+    async fn notifications_from_other_tenants_are_dropped_at_any_split() {
+        let mut input = msg(b'D', b"\0\x01\0\0\0\x01x");
+        input.extend(notification(7, "leak"));
+        input.extend(notification(8, "ok"));
+        input.extend(msg(b'Z', b"I"));
+        let mut expected = msg(b'D', b"\0\x01\0\0\0\x01x");
+        expected.extend(notification(8, "ok"));
+        expected.extend(msg(b'Z', b"I"));
+        for size in 1..=input.len() {
+            let mut rx: &[u8] = &input;
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; size];
+            let mut scanner = Scanner::default();
+            let end = pump(&mut rx, &mut out, &mut buf, &mut scanner, Some(&DenySeven)).await;
+            assert_eq!(end, RelayEnd::BackendGone);
+            assert_eq!(out, expected, "buffer of {size}");
+            assert_eq!((scanner.ready, scanner.last_status), (1, b'I'));
         }
     }
 

@@ -155,6 +155,18 @@ impl Registry {
         }))
     }
 
+    /// The login role of the server process `pid`, if it is still running.
+    pub async fn role_of_pid(&self, pid: i32) -> Result<Option<String>, RegistryError> {
+        let client = self.client()?;
+        let row = client
+            .query_opt(
+                "SELECT usename::text FROM pg_catalog.pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
     fn client(&self) -> Result<Arc<Client>, RegistryError> {
         self.client
             .read()
