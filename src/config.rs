@@ -227,8 +227,42 @@ pub struct PoolConfig {
     pub query_wait_timeout: f64,
     /// Seconds to open and log in a backend. Default 15.
     pub server_connect_timeout: f64,
-    /// Query that cleans a backend before it serves the next client. Default `DISCARD ALL`.
+    /// Query that cleans a backend before it serves the next client in
+    /// session mode (and in transaction mode when the client left session
+    /// state behind). Default `DISCARD ALL`.
     pub server_reset_query: String,
+    /// When a client's backend goes back to the pool. Default `session`; a
+    /// tenant's `config.pool_mode` or `database_pool_modes` override it.
+    pub pool_mode: PoolMode,
+    /// Pool mode per service database, e.g. `{ crm_db = "transaction" }`.
+    pub database_pool_modes: std::collections::BTreeMap<String, PoolMode>,
+    /// Prepared statements kept per server connection in transaction and
+    /// statement mode; the least recently used one is closed beyond it. Default 200.
+    pub max_prepared_statements: usize,
+}
+
+/// When a backend is returned to its pool (PgBouncer's `pool_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// When the client disconnects.
+    Session,
+    /// At the end of each transaction.
+    Transaction,
+    /// After each statement; transactions of several statements are refused.
+    Statement,
+}
+
+impl PoolMode {
+    /// Parses `session` / `transaction` / `statement`.
+    pub fn parse(s: &str) -> Option<PoolMode> {
+        match s {
+            "session" => Some(PoolMode::Session),
+            "transaction" => Some(PoolMode::Transaction),
+            "statement" => Some(PoolMode::Statement),
+            _ => None,
+        }
+    }
 }
 
 impl Default for PoolConfig {
@@ -238,6 +272,9 @@ impl Default for PoolConfig {
             query_wait_timeout: 120.0,
             server_connect_timeout: 15.0,
             server_reset_query: "DISCARD ALL".into(),
+            pool_mode: PoolMode::Session,
+            database_pool_modes: Default::default(),
+            max_prepared_statements: 200,
         }
     }
 }
@@ -315,6 +352,20 @@ impl Config {
                 "pool.default_pool_size",
                 "must be at least 1".into(),
             ));
+        }
+        if self.pool.max_prepared_statements == 0 {
+            return Err(invalid(
+                "pool.max_prepared_statements",
+                "must be at least 1".into(),
+            ));
+        }
+        for db in self.pool.database_pool_modes.keys() {
+            if !self.backend.databases.contains(db) {
+                return Err(invalid(
+                    "pool.database_pool_modes",
+                    format!("{db:?} is not one of backend.databases"),
+                ));
+            }
         }
         if self.backend.databases.is_empty() {
             return Err(invalid(

@@ -122,3 +122,41 @@ async fn pgbench_runs_clean_through_the_proxy() {
         .get(0);
     assert_eq!(n, 800);
 }
+
+#[tokio::test]
+async fn pgbench_prepared_and_extended_in_transaction_mode() {
+    let mut config = config();
+    config.pool.default_pool_size = 4;
+    config.pool.pool_mode = pgtenant::config::PoolMode::Transaction;
+    config.pool.query_wait_timeout = 60.0;
+    tenant(&config, "b_txn").await;
+    pgbench_init("tenant_b_txn", "tenant_b_txn_rw");
+    let proxy = start_proxy(config).await;
+    let port = proxy.local_addr().port();
+    let run = |args: &'static [&'static str]| {
+        tokio::task::spawn_blocking(move || pgbench(port, "alice@b_txn", args))
+    };
+    // 64 clients share 4 server connections; named statements must survive every switch.
+    let (done, failed) = run(&["-M", "prepared", "-c", "64", "-j", "2", "-t", "30"])
+        .await
+        .unwrap();
+    assert_eq!((done, failed), (64 * 30, 0));
+    let (done, failed) = run(&["-M", "extended", "-c", "64", "-j", "2", "-t", "30"])
+        .await
+        .unwrap();
+    assert_eq!((done, failed), (64 * 30, 0));
+    let (done, failed) = run(&["-S", "-M", "prepared", "-c", "64", "-j", "2", "-t", "50"])
+        .await
+        .unwrap();
+    assert_eq!((done, failed), (64 * 50, 0));
+    let admin = admin("postgres").await;
+    let n: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tenant_b_txn_rw'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(n <= 4, "{n} server connections for a pool of 4");
+}

@@ -9,6 +9,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
+use super::statements::PreparedSet;
 use crate::net::Stream;
 use crate::protocol::error::parse_error_body;
 use crate::protocol::framing::{read_message, ProtocolError};
@@ -75,6 +76,11 @@ pub struct Backend {
     pub params: Vec<(String, String)>,
     /// When it was opened.
     pub opened: Instant,
+    /// Statements of the pool's cache prepared on this connection (transaction pooling).
+    pub prepared: PreparedSet,
+    /// Settings the proxy set for a client that the server does not report
+    /// (e.g. `statement_timeout`), so the next client can be given its own.
+    pub applied: Vec<(String, String)>,
 }
 
 impl Backend {
@@ -100,6 +106,8 @@ impl Backend {
             key: (0, 0),
             params: Vec::new(),
             opened: Instant::now(),
+            prepared: PreparedSet::default(),
+            applied: Vec::new(),
         };
         loop {
             let msg = read_message(&mut backend.stream, MAX_SERVER_MESSAGE).await?;

@@ -8,6 +8,7 @@
 //! fair) with a timeout, and releasing runs an async reset first.
 
 pub mod backend;
+pub mod statements;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,7 @@ use crate::protocol::SqlState;
 use crate::tenant::{role_password, AccessLevel, TenantId};
 
 pub use backend::{send_cancel, Backend, BackendAddr, BackendError};
+pub use statements::{PreparedSet, Statement, StatementCache};
 
 /// How long the reset query may take before the connection is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +77,8 @@ struct Pool {
     size: AtomicUsize,
     /// Clean, logged-in connections nobody uses.
     idle: Mutex<Vec<Backend>>,
+    /// Server-side prepared statements of this pool (transaction pooling).
+    statements: Arc<StatementCache>,
 }
 
 /// All pools of this process.
@@ -151,6 +155,7 @@ impl Pools {
                         permits: Arc::new(Semaphore::new(size)),
                         size: AtomicUsize::new(size),
                         idle: Mutex::new(Vec::new()),
+                        statements: Arc::default(),
                     })
                 })
                 .value(),
@@ -228,6 +233,21 @@ impl PooledBackend {
         }
     }
 
+    /// The pool's prepared-statement cache.
+    pub fn statements(&self) -> &Arc<StatementCache> {
+        &self.pool.statements
+    }
+
+    /// Returns the connection to its pool as it is, for transaction pooling:
+    /// the caller has seen it idle (ReadyForQuery `I`, nothing owed).
+    pub fn release_as_is(mut self) {
+        if let Some(backend) = self.backend.take() {
+            if let Ok(mut idle) = self.pool.idle.lock() {
+                idle.push(backend);
+            }
+        }
+    }
+
     /// Cleans the connection with `reset_query` and returns it to its pool;
     /// a connection that fails the reset is closed instead.
     pub async fn release(mut self, reset_query: &str) {
@@ -237,6 +257,9 @@ impl PooledBackend {
         let reset = tokio::time::timeout(RESET_TIMEOUT, backend.simple_query(reset_query)).await;
         match reset {
             Ok(Ok(b'I')) => {
+                // DISCARD ALL / DEALLOCATE ALL drop every server statement.
+                backend.prepared.clear();
+                backend.applied.clear();
                 if let Ok(mut idle) = self.pool.idle.lock() {
                     idle.push(backend);
                 }

@@ -43,6 +43,14 @@ impl CancelMap {
         }
     }
 
+    /// Unpoints a key while its client holds no backend (transaction pooling):
+    /// a cancel then has nothing to cancel.
+    pub fn detach(&self, key: (i32, i32)) {
+        if let Some(mut slot) = self.keys.get_mut(&key) {
+            *slot = None;
+        }
+    }
+
     /// Forgets a key when its session ends.
     pub fn remove(&self, key: (i32, i32)) {
         self.keys.remove(&key);

@@ -3,8 +3,13 @@
 //! Pools, auth exchanges and the registry are used, not owned, here.
 
 pub mod cancel;
+pub mod expect;
+pub mod frame;
+mod pooled;
 pub mod relay;
 mod settings;
+pub mod state;
+pub mod txn;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, field::Empty, info_span, warn, Instrument};
 
 use crate::auth::{self, AuthError, Secret};
-use crate::config::{seconds, Config};
+use crate::config::{seconds, Config, PoolMode};
 use crate::net::Stream;
 use crate::pool::{PoolError, PoolKey, PooledBackend, Pools};
 use crate::protocol::{
@@ -98,6 +103,13 @@ struct Ready {
     backend: PooledBackend,
     key: (i32, i32),
     tenant: TenantId,
+    /// The pool it draws from, and that pool's size.
+    pool_key: PoolKey,
+    pool_size: usize,
+    /// Its settings: startup ones plus every reported parameter's value.
+    settings: Vec<(String, String)>,
+    /// When its backend goes back to the pool.
+    mode: PoolMode,
 }
 
 /// Lets through only notifications sent by the client's own tenant (or the
@@ -137,13 +149,20 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
     let span = info_span!("client", %peer, tenant = Empty, db = Empty, user = Empty);
     async move {
         let limit = seconds(ctx.config.listen.client_login_timeout);
-        let ready = match tokio::time::timeout(limit, login(&mut client, &ctx)).await {
-            Ok(Ok(Some(ready))) => ready,
+        let authed = match tokio::time::timeout(limit, login(&mut client, &ctx)).await {
+            Ok(Ok(Some(authed))) => authed,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => return refuse(&mut client, e).await,
             Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
         };
-        serve(client, ready, &ctx).await;
+        let ready = match attach(&mut client, &ctx, authed).await {
+            Ok(ready) => ready,
+            Err(e) => return refuse(&mut client, e).await,
+        };
+        match ready.mode {
+            PoolMode::Session => serve(client, ready, &ctx).await,
+            mode => pooled::serve(client, ready, &ctx, mode).await,
+        }
     }
     .instrument(span)
     .await
@@ -165,7 +184,7 @@ async fn refuse(client: &mut Stream, error: SessionError) {
 
 /// Startup, resolution, authentication and checkout. `None`: the connection
 /// was a cancel request, or the client left.
-async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Ready>, SessionError> {
+async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Authenticated>, SessionError> {
     let config = &ctx.config;
     let (minor, mut params) = loop {
         match read_startup(client, config.listen.max_startup_packet).await? {
@@ -253,6 +272,39 @@ async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Ready>, Sess
         return Err(AuthError::Failed(resolved.user.clone()).into());
     }
 
+    Ok(Some(Authenticated {
+        resolved,
+        info,
+        access,
+        wanted,
+    }))
+}
+
+/// A client that has proved who it is and has no backend yet.
+struct Authenticated {
+    resolved: tenant::Resolved,
+    info: tenant::TenantInfo,
+    access: AccessLevel,
+    /// Its checked settings.
+    wanted: Vec<(String, String)>,
+}
+
+/// Gets the authenticated client its first backend (waiting in the pool's
+/// line, bounded by `query_wait_timeout`, not by `client_login_timeout`),
+/// applies its settings, and finishes the login handshake.
+async fn attach(
+    client: &mut Stream,
+    ctx: &Context,
+    authed: Authenticated,
+) -> Result<Ready, SessionError> {
+    let config = &ctx.config;
+    let Authenticated {
+        resolved,
+        info,
+        access,
+        wanted,
+    } = authed;
+    let mut buf = BytesMut::with_capacity(1024);
     let key = PoolKey {
         tenant: resolved.tenant.clone(),
         database: resolved.database.clone(),
@@ -277,11 +329,34 @@ async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Ready>, Sess
         backend.release(&config.pool.server_reset_query).await;
         return Err(ProtocolError::from(e).into());
     }
-    Ok(Some(Ready {
+    // The client now has every reported value it was sent; in transaction
+    // pooling they follow it to each backend it gets.
+    let mut settings = wanted;
+    for (name, value) in &backend.backend().params {
+        if txn::TRACKED_PARAMS.contains(&name.as_str()) && !settings.iter().any(|(n, _)| n == name)
+        {
+            settings.push((name.clone(), value.clone()));
+        }
+    }
+    let mode = info
+        .pool_mode
+        .or_else(|| {
+            config
+                .pool
+                .database_pool_modes
+                .get(&resolved.database)
+                .copied()
+        })
+        .unwrap_or(config.pool.pool_mode);
+    Ok(Ready {
         backend,
         key: cancel_key,
         tenant: resolved.tenant,
-    }))
+        pool_key: key,
+        pool_size: size,
+        settings,
+        mode,
+    })
 }
 
 /// Finds the user's secret: the auth file first, then the registry.
@@ -311,6 +386,7 @@ async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
         mut backend,
         key,
         tenant,
+        ..
     } = ready;
     let (addr, backend_key) = {
         let b = backend.backend();

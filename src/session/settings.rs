@@ -7,14 +7,7 @@ use crate::pool::Backend;
 use crate::protocol::{SqlState, StartupParams};
 
 use super::{is_connection_param, SessionError};
-
-/// Settings the client may not set: they confine it to its tenant.
-const PROTECTED: &[&str] = &[
-    "search_path",
-    "app.current_tenant",
-    "role",
-    "session_authorization",
-];
+use crate::tenant::resolve::PROTECTED_SETTINGS;
 
 /// The settings a client asked for, checked: names are plain GUC names and
 /// none is protected. `Err` carries the message for the client.
@@ -32,7 +25,10 @@ pub(crate) fn wanted(
         if !valid {
             return Err(format!("invalid setting name {name:?}"));
         }
-        if PROTECTED.iter().any(|p| p.eq_ignore_ascii_case(name)) {
+        if PROTECTED_SETTINGS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+        {
             return Err(format!(
                 "setting {name:?} is managed by pgtenant and cannot be set at startup"
             ));
@@ -43,28 +39,68 @@ pub(crate) fn wanted(
     Ok(out)
 }
 
-/// Applies the settings whose values differ from the backend's in one round trip.
+/// Brings the backend's settings to `wanted` in one round trip: sets those
+/// that differ from what the backend reports (or what the proxy set on it
+/// earlier), and resets settings an earlier client had the proxy set.
 pub(crate) async fn apply(
     backend: &mut Backend,
     wanted: &[(String, String)],
 ) -> Result<(), SessionError> {
-    let calls: Vec<String> = wanted
-        .iter()
-        .filter(|(name, value)| backend.param(name) != Some(value.as_str()))
-        .map(|(name, value)| {
-            format!(
-                "pg_catalog.set_config({}, {}, false)",
-                literal(name),
-                literal(value)
-            )
+    let current = |backend: &Backend, name: &str| -> Option<String> {
+        backend.param(name).map(str::to_string).or_else(|| {
+            backend
+                .applied
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
         })
+    };
+    let sets: Vec<&(String, String)> = wanted
+        .iter()
+        .filter(|(name, value)| current(backend, name).as_deref() != Some(value.as_str()))
         .collect();
-    if calls.is_empty() {
+    let resets: Vec<String> = backend
+        .applied
+        .iter()
+        .filter(|(n, _)| !wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(n)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if sets.is_empty() && resets.is_empty() {
         return Ok(());
     }
-    let sql = format!("SELECT {}", calls.join(", "));
-    match backend.simple_query(&sql).await {
-        Ok(_) => Ok(()),
+    let mut sql = String::new();
+    if !sets.is_empty() {
+        let calls: Vec<String> = sets
+            .iter()
+            .map(|(name, value)| {
+                format!(
+                    "pg_catalog.set_config({}, {}, false)",
+                    literal(name),
+                    literal(value)
+                )
+            })
+            .collect();
+        sql = format!("SELECT {}", calls.join(", "));
+    }
+    for name in &resets {
+        // Names were checked to be plain GUC names when they were set.
+        sql.push_str(&format!("; RESET {name}"));
+    }
+    let result = backend.simple_query(sql.trim_start_matches("; ")).await;
+    match result {
+        Ok(_) => {
+            backend.applied.retain(|(n, _)| !resets.contains(n));
+            for (name, value) in sets {
+                // Reported parameters are tracked from ParameterStatus instead.
+                if backend.param(name).is_none() {
+                    backend
+                        .applied
+                        .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                    backend.applied.push((name.clone(), value.clone()));
+                }
+            }
+            Ok(())
+        }
         Err(crate::pool::BackendError::Server { code, message }) => Err(SessionError::Setting {
             code: known_code(&code),
             message,

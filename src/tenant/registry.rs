@@ -18,7 +18,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, PoolMode};
 
 use super::id::{AccessLevel, TenantId};
 
@@ -59,6 +59,8 @@ pub struct TenantInfo {
     pub status: TenantStatus,
     /// `config.pool_size`, overriding `pool.default_pool_size`.
     pub pool_size: Option<usize>,
+    /// `config.pool_mode`, overriding `pool.pool_mode`.
+    pub pool_mode: Option<PoolMode>,
 }
 
 /// A tenant user's stored credentials.
@@ -88,7 +90,7 @@ pub struct Registry {
     client: RwLock<Option<Arc<Client>>>,
 }
 
-const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size')";
+const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size'), (config->>'pool_mode')";
 
 impl Registry {
     /// Connects, loads every tenant, and keeps the cache current until
@@ -322,10 +324,12 @@ fn tenant_from_row(row: &tokio_postgres::Row) -> Option<TenantInfo> {
         .get::<_, Option<&str>>(2)
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0);
+    let pool_mode = row.get::<_, Option<&str>>(3).and_then(PoolMode::parse);
     Some(TenantInfo {
         id,
         status,
         pool_size,
+        pool_mode,
     })
 }
 

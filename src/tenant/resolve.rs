@@ -9,7 +9,7 @@ use crate::protocol::{SqlState, StartupParams};
 use super::id::TenantId;
 
 /// Settings a client may not choose: they are what confines it to its tenant.
-const PROTECTED_SETTINGS: &[&str] = &[
+pub const PROTECTED_SETTINGS: &[&str] = &[
     "search_path",
     "app.current_tenant",
     "role",

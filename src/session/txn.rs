@@ -1,0 +1,721 @@
+//! Transaction and statement pooling: a client holds a server connection
+//! only while it has a transaction (or, in statement mode, a statement)
+//! under way; between them the connection serves other clients of the same
+//! pool. Everything a client relies on across those switches is kept here:
+//!
+//! - named prepared statements: renamed to the pool's shared server names,
+//!   prepared just before use on connections that lack them, closed by the
+//!   proxy itself (see `pool::statements`, `expect`);
+//! - reported parameters (`application_name`, `TimeZone`, ...): recorded from
+//!   ParameterStatus and set again on the next connection when they differ;
+//! - other session state (SET, LISTEN, temp tables, ...): the connection is
+//!   cleaned with `server_reset_query` before anyone else gets it (`state`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use super::expect::{Expect, Expectations, Request, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::frame::FrameReader;
+use super::relay::NotificationGate;
+use super::state::leaves_session_state;
+use crate::config::PoolMode;
+use crate::pool::{PreparedSet, Statement, StatementCache};
+
+/// Parameters that follow a client from connection to connection.
+pub const TRACKED_PARAMS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "TimeZone",
+    "standard_conforming_strings",
+];
+
+/// Largest Parse, Describe or Close message held whole; Bind is streamed.
+const MAX_WHOLE_MESSAGE: usize = 16 * 1024 * 1024;
+/// Flush collected output once it is this large.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Why an active period ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxnEnd {
+    /// The transaction is over and nothing is owed: the connection may go back.
+    Idle,
+    /// The client sent Terminate while the connection still owed it something.
+    ClientTerminated,
+    /// The client went away.
+    ClientGone,
+    /// The client sent something malformed.
+    ClientCorrupt,
+    /// The server went away.
+    BackendGone,
+    /// The server sent something malformed.
+    BackendCorrupt,
+    /// Statement mode and the client opened a transaction block.
+    TransactionInStatementMode,
+}
+
+/// What one client keeps across connections.
+pub struct ClientState {
+    /// The client's named statements.
+    pub statements: HashMap<String, Arc<Statement>>,
+    /// The client's values of [`TRACKED_PARAMS`].
+    pub params: Vec<(String, String)>,
+    /// The client ran something that leaves session state on the connection.
+    pub dirty: bool,
+}
+
+/// State both directions share during one active period.
+struct Shared {
+    expect: Mutex<Expectations>,
+    prepared: Mutex<PreparedSet>,
+    /// The client side is in the middle of a message or has unsent output.
+    client_busy: AtomicBool,
+    /// Wakes the server side to emit the proxy's own responses or re-check idleness.
+    wake: Notify,
+    dirty: AtomicBool,
+    params: Mutex<Vec<(String, String)>>,
+    /// Statements whose Parse went to the server this period, by id.
+    issued: Mutex<HashMap<u64, Arc<Statement>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Settings for one active period.
+pub struct Period<'a, G> {
+    /// Transaction or statement.
+    pub mode: PoolMode,
+    /// The pool's statement cache.
+    pub cache: &'a StatementCache,
+    /// `pool.max_prepared_statements`.
+    pub max_prepared: usize,
+    /// Filters notifications from other tenants.
+    pub gate: &'a G,
+}
+
+/// Relays from the client's next message until the connection is idle again.
+/// `creader` holds at least that message's header.
+#[allow(clippy::too_many_arguments)]
+pub async fn active<CR, CW, BR, BW, G>(
+    crx: &mut CR,
+    ctx: &mut CW,
+    creader: &mut FrameReader,
+    brx: &mut BR,
+    btx: &mut BW,
+    breader: &mut FrameReader,
+    prepared: &mut PreparedSet,
+    client: &mut ClientState,
+    period: &Period<'_, G>,
+) -> TxnEnd
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    BR: AsyncRead + Unpin,
+    BW: AsyncWrite + Unpin,
+    G: NotificationGate,
+{
+    let shared = Shared {
+        expect: Mutex::new(Expectations::default()),
+        prepared: Mutex::new(std::mem::take(prepared)),
+        client_busy: AtomicBool::new(true),
+        wake: Notify::new(),
+        dirty: AtomicBool::new(false),
+        params: Mutex::new(Vec::new()),
+        issued: Mutex::new(HashMap::new()),
+    };
+    let end = {
+        let statements = &mut client.statements;
+        tokio::select! {
+            end = client_side(crx, btx, creader, &shared, statements, period) => end,
+            end = server_side(brx, ctx, breader, &shared, period) => end,
+        }
+    };
+    *prepared = shared
+        .prepared
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    client.dirty |= shared.dirty.load(Ordering::Acquire);
+    for (name, value) in shared
+        .params
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        match client.params.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => client.params.push((name, value)),
+        }
+    }
+    end
+}
+
+/// Client to server: rewrites statement names, adds Parses the connection
+/// lacks, answers Close itself, and queues what the server will owe.
+async fn client_side<R, W, G>(
+    rx: &mut R,
+    tx: &mut W,
+    reader: &mut FrameReader,
+    shared: &Shared,
+    statements: &mut HashMap<String, Arc<Statement>>,
+    period: &Period<'_, G>,
+) -> TxnEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::with_capacity(8 * 1024);
+    loop {
+        if reader.header().is_none() {
+            if !out.is_empty() {
+                if tx.write_all(&out).await.is_err() {
+                    return TxnEnd::BackendGone;
+                }
+                out.clear();
+            }
+            shared.client_busy.store(false, Ordering::Release);
+            shared.wake.notify_one();
+            match reader.ensure(rx, 5).await {
+                Ok(true) => {}
+                _ => return TxnEnd::ClientGone,
+            }
+            shared.client_busy.store(true, Ordering::Release);
+            continue;
+        }
+        let Some((tag, len)) = reader.header() else {
+            continue;
+        };
+        if len < 4 {
+            return TxnEnd::ClientCorrupt;
+        }
+        let total = len + 1;
+        match tag {
+            b'X' => {
+                if !out.is_empty() && tx.write_all(&out).await.is_err() {
+                    return TxnEnd::BackendGone;
+                }
+                return TxnEnd::ClientTerminated;
+            }
+            b'P' | b'D' | b'C' => {
+                if total > MAX_WHOLE_MESSAGE {
+                    return TxnEnd::ClientCorrupt;
+                }
+                match reader.ensure(rx, total).await {
+                    Ok(true) => {}
+                    _ => return TxnEnd::ClientGone,
+                }
+                let msg = &reader.buffered()[..total];
+                let ok = match tag {
+                    b'P' => on_parse(msg, &mut out, shared, statements, period),
+                    b'D' => on_describe(msg, &mut out, shared, statements, period),
+                    _ => on_close(msg, &mut out, shared, statements),
+                };
+                if !ok {
+                    return TxnEnd::ClientCorrupt;
+                }
+                reader.consume(total);
+            }
+            b'B' => {
+                // Portal and statement names come first; the parameters are streamed.
+                let head = total.min(5 + 2048);
+                match reader.ensure(rx, head).await {
+                    Ok(true) => {}
+                    _ => return TxnEnd::ClientGone,
+                }
+                let Some(used) = on_bind_head(
+                    &reader.buffered()[..head],
+                    total,
+                    &mut out,
+                    shared,
+                    statements,
+                    period,
+                ) else {
+                    return TxnEnd::ClientCorrupt;
+                };
+                reader.consume(used);
+                if let Err(end) = stream_body(rx, tx, reader, &mut out, total - used).await {
+                    return end;
+                }
+            }
+            _ => {
+                let request = match tag {
+                    b'E' => Some(Request::Execute),
+                    b'S' => Some(Request::Sync),
+                    b'Q' => Some(Request::Query),
+                    b'F' => Some(Request::FunctionCall),
+                    _ => None,
+                };
+                if tag == b'Q' {
+                    // The whole query text is needed to judge it; queries are held whole.
+                    if total > MAX_WHOLE_MESSAGE {
+                        return TxnEnd::ClientCorrupt;
+                    }
+                    match reader.ensure(rx, total).await {
+                        Ok(true) => {}
+                        _ => return TxnEnd::ClientGone,
+                    }
+                    if leaves_session_state(&reader.buffered()[5..total]) {
+                        shared.dirty.store(true, Ordering::Release);
+                    }
+                }
+                if let Some(r) = request {
+                    lock(&shared.expect).push(Expect::Pass(r));
+                }
+                if let Err(end) = stream_body(rx, tx, reader, &mut out, total).await {
+                    return end;
+                }
+            }
+        }
+        forget(shared);
+        if out.len() >= FLUSH_AT {
+            if tx.write_all(&out).await.is_err() {
+                return TxnEnd::BackendGone;
+            }
+            out.clear();
+        }
+    }
+}
+
+/// Moves `n` bytes of the current message from the reader (and the socket)
+/// to the output, flushing as it fills.
+async fn stream_body<R, W>(
+    rx: &mut R,
+    tx: &mut W,
+    reader: &mut FrameReader,
+    out: &mut BytesMut,
+    mut n: usize,
+) -> Result<(), TxnEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let take = n.min(reader.buffered().len());
+        out.extend_from_slice(&reader.buffered()[..take]);
+        reader.consume(take);
+        n -= take;
+        if n == 0 {
+            return Ok(());
+        }
+        if out.len() >= FLUSH_AT {
+            tx.write_all(out).await.map_err(|_| TxnEnd::BackendGone)?;
+            out.clear();
+        }
+        match reader.fill(rx).await {
+            Ok(true) => {}
+            _ => return Err(TxnEnd::ClientGone),
+        }
+    }
+}
+
+/// Applies forgotten statements (failed or skipped Parses) to the connection's record.
+fn forget(shared: &Shared) {
+    let mut expect = lock(&shared.expect);
+    let mut forgotten = expect.take_forgotten().peekable();
+    if forgotten.peek().is_some() {
+        let mut prepared = lock(&shared.prepared);
+        for id in forgotten {
+            prepared.remove(id);
+        }
+    }
+}
+
+/// Marks statements a server accepted as validated in the pool's cache.
+fn confirm(shared: &Shared) {
+    let mut expect = lock(&shared.expect);
+    let mut confirmed = expect.take_confirmed().peekable();
+    if confirmed.peek().is_some() {
+        let issued = lock(&shared.issued);
+        for id in confirmed {
+            if let Some(st) = issued.get(&id) {
+                st.validated.store(true, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Makes sure the connection has `statement`, adding a Parse (and evictions) before the current message.
+fn ensure_prepared<G>(
+    statement: &Arc<Statement>,
+    out: &mut BytesMut,
+    shared: &Shared,
+    period: &Period<'_, G>,
+) {
+    let mut prepared = lock(&shared.prepared);
+    if prepared.touch(statement.id) {
+        return;
+    }
+    prepared.insert(statement.id);
+    out.extend_from_slice(&statement.parse);
+    lock(&shared.issued).insert(statement.id, Arc::clone(statement));
+    let mut expect = lock(&shared.expect);
+    expect.push(Expect::InjectedParse(statement.id));
+    while let Some(old) = prepared.evict_over(period.max_prepared) {
+        put_close_statement(out, &format!("pgtenant_{old}"));
+        expect.push(Expect::InjectedClose);
+    }
+}
+
+fn put_close_statement(out: &mut BytesMut, name: &str) {
+    out.put_u8(b'C');
+    out.put_u32((4 + 1 + name.len() + 1) as u32);
+    out.put_u8(b'S');
+    out.put_slice(name.as_bytes());
+    out.put_u8(0);
+}
+
+/// Answers a batch of named Parses followed by Sync without a server
+/// connection, when every statement is one a server already accepted: drivers
+/// that prepare synchronously (libpq's PQprepare) must not need a connection
+/// for that, or clients waiting for one can deadlock with clients holding one.
+/// Returns the bytes used and the reply, or `None` to go to a server.
+pub fn answer_cached_parses(
+    buffered: &[u8],
+    cache: &StatementCache,
+    statements: &mut HashMap<String, Arc<Statement>>,
+) -> Option<(usize, BytesMut)> {
+    let mut pos = 0;
+    let mut found: Vec<(String, Arc<Statement>)> = Vec::new();
+    loop {
+        let header = buffered.get(pos..pos + 5)?;
+        let total = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize + 1;
+        if total < 5 {
+            return None;
+        }
+        let msg = buffered.get(pos..pos + total)?;
+        pos += total;
+        match msg[0] {
+            b'P' => {
+                let mut body = &msg[5..];
+                let name = cstr(&mut body)?;
+                let query = cstr(&mut body)?;
+                if name.is_empty() {
+                    return None;
+                }
+                let name = std::str::from_utf8(name).ok()?.to_string();
+                found.push((name, cache.validated(query, body)?));
+            }
+            b'S' if !found.is_empty() => break,
+            _ => return None,
+        }
+    }
+    let mut reply = BytesMut::with_capacity(found.len() * 5 + 6);
+    for (name, statement) in found {
+        statements.insert(name, statement);
+        reply.put_u8(PARSE_COMPLETE);
+        reply.put_u32(4);
+    }
+    reply.put_u8(b'Z');
+    reply.put_u32(5);
+    reply.put_u8(b'I');
+    Some((pos, reply))
+}
+
+/// Splits a C string off `buf`.
+fn cstr<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let end = buf.iter().position(|&b| b == 0)?;
+    let s = &buf[..end];
+    *buf = &buf[end + 1..];
+    Some(s)
+}
+
+fn on_parse<G>(
+    msg: &[u8],
+    out: &mut BytesMut,
+    shared: &Shared,
+    statements: &mut HashMap<String, Arc<Statement>>,
+    period: &Period<'_, G>,
+) -> bool {
+    let mut body = &msg[5..];
+    let (Some(name), Some(query)) = (cstr(&mut body), cstr(&mut body)) else {
+        return false;
+    };
+    let types = body;
+    let stateful = leaves_session_state(query);
+    if name.is_empty() {
+        if stateful {
+            shared.dirty.store(true, Ordering::Release);
+        }
+        out.extend_from_slice(msg);
+        lock(&shared.expect).push(Expect::Pass(Request::Parse));
+        return true;
+    }
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let statement = period.cache.get_or_create(query, types, stateful);
+    statements.insert(name.to_string(), Arc::clone(&statement));
+    if stateful {
+        shared.dirty.store(true, Ordering::Release);
+    }
+    let mut prepared = lock(&shared.prepared);
+    if prepared.touch(statement.id) {
+        lock(&shared.expect).push(Expect::Synthetic(PARSE_COMPLETE));
+        drop(prepared);
+        shared.wake.notify_one();
+        return true;
+    }
+    prepared.insert(statement.id);
+    out.extend_from_slice(&statement.parse);
+    lock(&shared.issued).insert(statement.id, Arc::clone(&statement));
+    let mut expect = lock(&shared.expect);
+    expect.push(Expect::ClientParse(statement.id));
+    while let Some(old) = prepared.evict_over(period.max_prepared) {
+        put_close_statement(out, &format!("pgtenant_{old}"));
+        expect.push(Expect::InjectedClose);
+    }
+    true
+}
+
+fn on_describe<G>(
+    msg: &[u8],
+    out: &mut BytesMut,
+    shared: &Shared,
+    statements: &HashMap<String, Arc<Statement>>,
+    period: &Period<'_, G>,
+) -> bool {
+    let Some((&kind, mut rest)) = msg[5..].split_first() else {
+        return false;
+    };
+    let Some(name) = cstr(&mut rest) else {
+        return false;
+    };
+    let statement = (kind == b'S' && !name.is_empty())
+        .then(|| {
+            std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| statements.get(n))
+        })
+        .flatten();
+    match statement {
+        Some(st) => {
+            ensure_prepared(st, out, shared, period);
+            out.put_u8(b'D');
+            out.put_u32((4 + 1 + st.server_name.len() + 1) as u32);
+            out.put_u8(b'S');
+            out.put_slice(st.server_name.as_bytes());
+            out.put_u8(0);
+        }
+        None => out.extend_from_slice(msg),
+    }
+    let request = if kind == b'S' {
+        Request::DescribeStatement
+    } else {
+        Request::DescribePortal
+    };
+    lock(&shared.expect).push(Expect::Pass(request));
+    true
+}
+
+fn on_close(
+    msg: &[u8],
+    out: &mut BytesMut,
+    shared: &Shared,
+    statements: &mut HashMap<String, Arc<Statement>>,
+) -> bool {
+    let Some((&kind, mut rest)) = msg[5..].split_first() else {
+        return false;
+    };
+    let Some(name) = cstr(&mut rest) else {
+        return false;
+    };
+    if kind == b'S' && !name.is_empty() {
+        // The server statement stays for other clients; the client's name goes.
+        if let Ok(name) = std::str::from_utf8(name) {
+            statements.remove(name);
+        }
+        lock(&shared.expect).push(Expect::Synthetic(CLOSE_COMPLETE));
+        shared.wake.notify_one();
+        return true;
+    }
+    out.extend_from_slice(msg);
+    lock(&shared.expect).push(Expect::Pass(Request::Close));
+    true
+}
+
+/// Handles a Bind's names; returns how many bytes of the message it used.
+fn on_bind_head<G>(
+    head: &[u8],
+    total: usize,
+    out: &mut BytesMut,
+    shared: &Shared,
+    statements: &HashMap<String, Arc<Statement>>,
+    period: &Period<'_, G>,
+) -> Option<usize> {
+    let mut body = &head[5..];
+    let portal = cstr(&mut body)?;
+    let name = cstr(&mut body)?;
+    let used = 5 + portal.len() + 1 + name.len() + 1;
+    let statement = (!name.is_empty())
+        .then(|| {
+            std::str::from_utf8(name)
+                .ok()
+                .and_then(|n| statements.get(n))
+        })
+        .flatten();
+    match statement {
+        Some(st) => {
+            ensure_prepared(st, out, shared, period);
+            if st.stateful {
+                shared.dirty.store(true, Ordering::Release);
+            }
+            let new_len = 4 + portal.len() + 1 + st.server_name.len() + 1 + (total - used);
+            out.put_u8(b'B');
+            out.put_u32(new_len as u32);
+            out.put_slice(portal);
+            out.put_u8(0);
+            out.put_slice(st.server_name.as_bytes());
+            out.put_u8(0);
+        }
+        // The unnamed statement, or a name the client never prepared: as sent
+        // (the server reports the latter).
+        None => out.extend_from_slice(&head[..used]),
+    }
+    lock(&shared.expect).push(Expect::Pass(Request::Bind));
+    Some(used)
+}
+
+/// Server to client: drops responses to the proxy's own messages, inserts
+/// its own answers in order, filters notifications, records parameters, and
+/// ends the period when the connection owes nothing.
+async fn server_side<R, W, G>(
+    rx: &mut R,
+    tx: &mut W,
+    reader: &mut FrameReader,
+    shared: &Shared,
+    period: &Period<'_, G>,
+) -> TxnEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    G: NotificationGate,
+{
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut last_status = b'I';
+    loop {
+        emit_synthetic(shared, &mut out);
+        let Some((tag, len)) = reader.header() else {
+            if !out.is_empty() {
+                if tx.write_all(&out).await.is_err() {
+                    return TxnEnd::ClientGone;
+                }
+                out.clear();
+            }
+            let idle = reader.buffered().is_empty()
+                && lock(&shared.expect).is_idle()
+                && !shared.client_busy.load(Ordering::Acquire);
+            match (idle, period.mode, last_status) {
+                (true, _, b'I') => return TxnEnd::Idle,
+                (true, PoolMode::Statement, _) => return TxnEnd::TransactionInStatementMode,
+                // Owed something, or inside a transaction: wait for either side.
+                _ => {}
+            }
+            tokio::select! {
+                r = reader.fill(rx) => if !matches!(r, Ok(true)) { return TxnEnd::BackendGone },
+                _ = shared.wake.notified() => {}
+            }
+            continue;
+        };
+        if len < 4 {
+            return TxnEnd::BackendCorrupt;
+        }
+        let total = len + 1;
+        let forward = lock(&shared.expect).on_response(tag);
+        forget(shared);
+        confirm(shared);
+        match tag {
+            b'Z' | b'S' | b'A' => {
+                if total > 64 * 1024 {
+                    return TxnEnd::BackendCorrupt;
+                }
+                match reader.ensure(rx, total).await {
+                    Ok(true) => {}
+                    _ => return TxnEnd::BackendGone,
+                }
+                let msg = &reader.buffered()[..total];
+                let deliver = match tag {
+                    b'Z' => {
+                        last_status = msg.get(5).copied().unwrap_or(b'?');
+                        true
+                    }
+                    b'S' => {
+                        record_param(shared, &msg[5..]);
+                        true
+                    }
+                    _ => match msg.get(5..9) {
+                        Some(pid) => {
+                            period
+                                .gate
+                                .allows(i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]))
+                                .await
+                        }
+                        None => false,
+                    },
+                };
+                if forward && deliver {
+                    out.extend_from_slice(&reader.buffered()[..total]);
+                }
+                reader.consume(total);
+            }
+            _ => {
+                let mut n = total;
+                loop {
+                    let take = n.min(reader.buffered().len());
+                    if forward {
+                        out.extend_from_slice(&reader.buffered()[..take]);
+                    }
+                    reader.consume(take);
+                    n -= take;
+                    if n == 0 {
+                        break;
+                    }
+                    if out.len() >= FLUSH_AT {
+                        if tx.write_all(&out).await.is_err() {
+                            return TxnEnd::ClientGone;
+                        }
+                        out.clear();
+                    }
+                    match reader.fill(rx).await {
+                        Ok(true) => {}
+                        _ => return TxnEnd::BackendGone,
+                    }
+                }
+            }
+        }
+        if out.len() >= FLUSH_AT {
+            if tx.write_all(&out).await.is_err() {
+                return TxnEnd::ClientGone;
+            }
+            out.clear();
+        }
+    }
+}
+
+fn emit_synthetic(shared: &Shared, out: &mut BytesMut) {
+    let mut expect = lock(&shared.expect);
+    while let Some(tag) = expect.next_synthetic() {
+        out.put_u8(tag);
+        out.put_u32(4);
+    }
+}
+
+fn record_param(shared: &Shared, body: &[u8]) {
+    let mut parts = body.split(|&b| b == 0);
+    let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) else {
+        return;
+    };
+    if TRACKED_PARAMS.contains(&name) {
+        lock(&shared.params).push((name.to_string(), value.to_string()));
+    }
+}
