@@ -65,6 +65,37 @@ enum TenantCommand {
         #[arg(long)]
         read_only: bool,
     },
+    /// List tenants: id, name, status, tier, creation time.
+    List,
+    /// Show a tenant: status, tier, config, schemas and sizes, migrations per database.
+    Show {
+        /// Tenant id.
+        id: String,
+    },
+    /// Suspend a tenant: running proxies refuse its new connections at once.
+    Suspend {
+        /// Tenant id.
+        id: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// Tenant id.
+        id: String,
+    },
+    /// Drop a tenant: backup (unless --no-backup), then its schemas, roles and registry rows.
+    Drop {
+        /// Tenant id.
+        id: String,
+        /// Confirm: the tenant's data is removed.
+        #[arg(long)]
+        yes: bool,
+        /// Do not take a backup first.
+        #[arg(long)]
+        no_backup: bool,
+        /// Directory for the backup (default: a new one in the current directory).
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,6 +105,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run(cli))
@@ -88,30 +120,7 @@ async fn run(cli: Cli) -> Result<()> {
             println!("registry and service databases are ready");
             Ok(())
         }
-        Command::Tenant { action } => match action {
-            TenantCommand::Create { id, name } => {
-                let id = TenantId::parse(&id)?;
-                provision::create_tenant(&config, &id, &name).await?;
-                println!("tenant {id} is active");
-                Ok(())
-            }
-            TenantCommand::AddUser {
-                id,
-                user,
-                password,
-                read_only,
-            } => {
-                let id = TenantId::parse(&id)?;
-                let access = if read_only {
-                    AccessLevel::ReadOnly
-                } else {
-                    AccessLevel::ReadWrite
-                };
-                provision::add_user(&config, &id, &user, &password, access).await?;
-                println!("user {user}@{id} saved");
-                Ok(())
-            }
-        },
+        Command::Tenant { action } => tenant_command(&config, action).await,
         Command::Quickstart => {
             let state_dir = Path::new(".pgtenant");
             let _cluster = provision::quickstart::prepare(&mut config, state_dir).await?;
@@ -126,6 +135,168 @@ async fn run(cli: Cli) -> Result<()> {
             serve(config).await
         }
     }
+}
+
+/// `pgtenant tenant ...`.
+async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
+    match action {
+        TenantCommand::Create { id, name } => {
+            let id = TenantId::parse(&id)?;
+            provision::create_tenant(config, &id, &name).await?;
+            println!("tenant {id} is active");
+            Ok(())
+        }
+        TenantCommand::AddUser {
+            id,
+            user,
+            password,
+            read_only,
+        } => {
+            let id = TenantId::parse(&id)?;
+            let access = if read_only {
+                AccessLevel::ReadOnly
+            } else {
+                AccessLevel::ReadWrite
+            };
+            provision::add_user(config, &id, &user, &password, access).await?;
+            println!("user {user}@{id} saved");
+            Ok(())
+        }
+        TenantCommand::List => {
+            let tenants = provision::list_tenants(config).await?;
+            print_table(
+                &["id", "name", "status", "tier", "created"],
+                tenants
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.status.clone(),
+                            t.tier.clone(),
+                            t.created.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        TenantCommand::Show { id } => {
+            let id = TenantId::parse(&id)?;
+            let t = provision::show_tenant(config, &id).await?;
+            println!("tenant   {}", t.summary.id);
+            println!("name     {}", t.summary.name);
+            println!("status   {}", t.summary.status);
+            match &t.backend {
+                Some(backend) => println!("tier     {} (backend {backend})", t.summary.tier),
+                None => println!("tier     {}", t.summary.tier),
+            }
+            println!("config   {}", t.config);
+            println!("users    {}", t.users);
+            println!("created  {} UTC", t.summary.created);
+            println!("updated  {} UTC", t.updated);
+            println!();
+            print_table(
+                &[
+                    "database",
+                    "schema",
+                    "tables",
+                    "size",
+                    "migrations",
+                    "latest",
+                ],
+                t.schemas
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.database.clone(),
+                            if s.exists {
+                                s.schema.clone()
+                            } else {
+                                format!("{} (missing)", s.schema)
+                            },
+                            s.tables.to_string(),
+                            human_size(s.size_bytes),
+                            s.migrations.len().to_string(),
+                            s.migrations.last().cloned().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        TenantCommand::Suspend { id } => {
+            let id = TenantId::parse(&id)?;
+            provision::suspend_tenant(config, &id).await?;
+            println!("tenant {id} is suspended");
+            Ok(())
+        }
+        TenantCommand::Resume { id } => {
+            let id = TenantId::parse(&id)?;
+            provision::resume_tenant(config, &id).await?;
+            println!("tenant {id} is active");
+            Ok(())
+        }
+        TenantCommand::Drop {
+            id,
+            yes,
+            no_backup,
+            backup_dir,
+        } => {
+            let id = TenantId::parse(&id)?;
+            if !yes {
+                bail!("dropping tenant {id} removes its schemas, roles and registry rows; pass --yes to confirm");
+            }
+            let options = provision::lifecycle::DropOptions {
+                backup: !no_backup,
+                backup_dir,
+            };
+            let report = provision::drop_tenant(config, &id, &options).await?;
+            if let Some(dir) = report.backup {
+                println!("backup of tenant {id} in {}", dir.display());
+            }
+            println!("tenant {id} dropped");
+            Ok(())
+        }
+    }
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// Bytes as `12 kB`, `3.4 MB`, ...
+fn human_size(bytes: i64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["bytes", "kB", "MB", "GB"] {
+        if value < 1024.0 {
+            return if unit == "bytes" {
+                format!("{bytes} {unit}")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+        value /= 1024.0;
+    }
+    format!("{value:.1} TB")
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {

@@ -18,7 +18,7 @@ use crate::tenant::id::{role_password, AccessLevel, TenantId};
 use super::{admin_connect, db_err, io_err, quote_ident, quote_literal, ProvisionError};
 
 /// Advisory lock key serialising the grant step of concurrent tenant creations.
-const GRANT_LOCK_KEY: i64 = 0x7067_7465_6e02;
+pub(crate) const GRANT_LOCK_KEY: i64 = 0x7067_7465_6e02;
 
 /// Provisions tenant `id` (display name `name`; an empty name keeps the stored
 /// one): registry row (status `provisioning` while new), roles `tenant_<id>_rw`
@@ -117,7 +117,7 @@ pub async fn add_user(
 /// Creates or updates the tenant's two login roles. Roles are cluster-wide, so
 /// this runs once, on the registry connection. The password is sent as a
 /// SCRAM verifier so the derived password never appears in server logs.
-async fn ensure_roles(
+pub(crate) async fn ensure_roles(
     config: &Config,
     client: &Client,
     id: &TenantId,
@@ -297,7 +297,7 @@ async fn apply_migrations(
 /// (and TEMPORARY) on the database, USAGE on their schema, DML (rw) or SELECT
 /// (ro) on its tables, sequences for rw, default privileges for later tables,
 /// and read/execute on `commons`. No CREATE anywhere.
-async fn grant(
+pub(crate) async fn grant(
     client: &mut Client,
     db: &str,
     id: &TenantId,
