@@ -1,5 +1,6 @@
 //! The `pgtenant` command line: parses arguments and calls into the library.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,8 +39,38 @@ enum Command {
         #[command(subcommand)]
         action: TenantCommand,
     },
+    /// Apply pending migrations to every tenant schema and the template (or see `migrate status`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Migrate {
+        #[command(subcommand)]
+        action: Option<MigrateCommand>,
+        #[command(flatten)]
+        args: MigrateArgs,
+    },
     /// Start a local demo: a PostgreSQL (private if none is configured), tenants acme and globex, and the proxy.
     Quickstart,
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Per service database, how many tenants are at each migration version.
+    Status,
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// Only this tenant (repeatable); the tenant_template schema is then left alone.
+    #[arg(long = "tenant", value_name = "ID")]
+    tenants: Vec<String>,
+    /// Only this service database (repeatable).
+    #[arg(long = "database", value_name = "DB")]
+    databases: Vec<String>,
+    /// Show what would be applied; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Tenants migrated at a time.
+    #[arg(long, short, default_value_t = 4)]
+    jobs: usize,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +152,11 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Tenant { action } => tenant_command(&config, action).await,
+        Command::Migrate {
+            action: Some(MigrateCommand::Status),
+            ..
+        } => migrate_status(&config).await,
+        Command::Migrate { action: None, args } => migrate(&config, args).await,
         Command::Quickstart => {
             let state_dir = Path::new(".pgtenant");
             let _cluster = provision::quickstart::prepare(&mut config, state_dir).await?;
@@ -259,6 +295,134 @@ async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `pgtenant migrate`: progress on stderr (a bar on a terminal, lines
+/// otherwise), a summary on stdout, an error exit when any target failed.
+async fn migrate(config: &Config, args: MigrateArgs) -> Result<()> {
+    let options = provision::MigrateOptions {
+        template: args.tenants.is_empty(),
+        tenants: args
+            .tenants
+            .iter()
+            .map(|t| TenantId::parse(t))
+            .collect::<Result<_, _>>()?,
+        databases: args.databases,
+        dry_run: args.dry_run,
+        jobs: args.jobs.max(1),
+    };
+    let verb = if options.dry_run {
+        "would apply"
+    } else {
+        "applied"
+    };
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let terminal = std::io::stderr().is_terminal();
+    let mut on_event = |event: provision::MigrateEvent<'_>| match event {
+        provision::MigrateEvent::Started { targets } => {
+            if terminal {
+                let b = indicatif::ProgressBar::new(targets as u64);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "migrating {bar:40} {pos}/{len} {elapsed} {msg}",
+                ) {
+                    b.set_style(style);
+                }
+                bar = Some(b);
+            } else {
+                eprintln!("migrate: {targets} target(s)");
+            }
+        }
+        provision::MigrateEvent::Finished(outcome) => {
+            let line = outcome_line(outcome, verb);
+            match &bar {
+                Some(b) => {
+                    if outcome.error.is_some() {
+                        b.println(line);
+                    }
+                    b.set_message(outcome.target.clone());
+                    b.inc(1);
+                }
+                None => eprintln!("migrate: {line}"),
+            }
+        }
+    };
+    let outcomes = provision::migrate(config, &options, &mut on_event).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let failed = provision::migrate::failed(&outcomes);
+    let changed = outcomes
+        .iter()
+        .filter(|o| o.error.is_none() && !o.applied.is_empty())
+        .count();
+    for o in outcomes
+        .iter()
+        .filter(|o| o.error.is_none() && !o.applied.is_empty())
+    {
+        println!("{}", outcome_line(o, verb));
+    }
+    println!(
+        "{} target(s): {changed} {}, {} up to date, {failed} failed",
+        outcomes.len(),
+        if options.dry_run {
+            "with pending migrations"
+        } else {
+            "migrated"
+        },
+        outcomes.len() - changed - failed
+    );
+    if failed > 0 {
+        for o in &outcomes {
+            if let Some(e) = &o.error {
+                eprintln!("FAILED {}: {e}", o.target);
+            }
+        }
+        bail!("{failed} of {} target(s) failed", outcomes.len());
+    }
+    Ok(())
+}
+
+/// One line about one target: what was applied, or why it failed.
+fn outcome_line(outcome: &provision::TargetOutcome, verb: &str) -> String {
+    if let Some(e) = &outcome.error {
+        return format!("{}: FAILED: {e}", outcome.target);
+    }
+    if outcome.applied.is_empty() {
+        return format!("{}: up to date", outcome.target);
+    }
+    let list: Vec<String> = outcome
+        .applied
+        .iter()
+        .map(|(db, v)| format!("{db}/{v}"))
+        .collect();
+    format!("{}: {verb} {}", outcome.target, list.join(", "))
+}
+
+/// `pgtenant migrate status`.
+async fn migrate_status(config: &Config) -> Result<()> {
+    for db in provision::migration_status(config).await? {
+        println!(
+            "{}: {} migration file(s), latest {}; template at {}",
+            db.database,
+            db.files.len(),
+            db.files.last().map(String::as_str).unwrap_or("-"),
+            db.template.as_deref().unwrap_or("-")
+        );
+        print_table(
+            &["  version", "tenants", "pending"],
+            db.versions
+                .iter()
+                .map(|v| {
+                    vec![
+                        format!("  {}", v.version.as_deref().unwrap_or("(none)")),
+                        v.tenants.to_string(),
+                        v.pending.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    Ok(())
 }
 
 /// Prints rows under a header, columns padded to their widest cell.

@@ -2,7 +2,8 @@
 //!
 //! This module owns `pgtenant init` (registry and service databases, see
 //! [`init`]), tenant creation ([`tenant`]), the rest of the tenant lifecycle
-//! (list, show, suspend, resume, drop: [`lifecycle`]), a
+//! (list, show, suspend, resume, drop: [`lifecycle`]), migrations across every
+//! tenant schema ([`migrate`], [`migrate_status`]), a
 //! throwaway local PostgreSQL cluster for tests and quickstart ([`cluster`]), and
 //! the quickstart demo setup ([`quickstart`]). The SQL it applies lives in
 //! `sql/`. It leaves reading the registry at runtime (cache, LISTEN/NOTIFY) to
@@ -11,6 +12,8 @@
 pub mod cluster;
 pub mod init;
 pub mod lifecycle;
+pub mod migrate;
+pub mod migrate_status;
 pub mod quickstart;
 pub mod tenant;
 
@@ -20,6 +23,8 @@ pub use lifecycle::{
     drop_tenant, list_tenants, resume_tenant, show_tenant, suspend_tenant, TenantDetails,
     TenantSummary,
 };
+pub use migrate::{migrate, MigrateEvent, MigrateOptions, TargetOutcome};
+pub use migrate_status::{migration_status, DatabaseStatus, VersionCount};
 pub use quickstart::prepare;
 pub use tenant::{add_user, create_tenant};
 
