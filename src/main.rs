@@ -47,6 +47,22 @@ enum Command {
         #[command(flatten)]
         args: MigrateArgs,
     },
+    /// Back a tenant up: pg_dump of its schema in every service database, its registry rows, a manifest.
+    Backup {
+        /// Tenant id.
+        id: String,
+        /// Directory to write (created; must be empty). Default: pgtenant-backup-<id>-<time>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Restore a backup directory, under its own tenant id or as a new one.
+    Restore {
+        /// The backup directory.
+        dir: PathBuf,
+        /// Restore as this tenant id (schema and roles renamed).
+        #[arg(long = "as", value_name = "NEW_ID")]
+        as_id: Option<String>,
+    },
     /// Start a local demo: a PostgreSQL (private if none is configured), tenants acme and globex, and the proxy.
     Quickstart,
 }
@@ -157,6 +173,18 @@ async fn run(cli: Cli) -> Result<()> {
             ..
         } => migrate_status(&config).await,
         Command::Migrate { action: None, args } => migrate(&config, args).await,
+        Command::Backup { id, out } => {
+            let id = TenantId::parse(&id)?;
+            let dir = provision::backup_tenant(&config, &id, out.as_deref()).await?;
+            println!("backup of tenant {id} in {}", dir.display());
+            Ok(())
+        }
+        Command::Restore { dir, as_id } => {
+            let as_id = as_id.map(|a| TenantId::parse(&a)).transpose()?;
+            let id = provision::restore_tenant(&config, &dir, as_id.as_ref()).await?;
+            println!("tenant {id} restored from {}", dir.display());
+            Ok(())
+        }
         Command::Quickstart => {
             let state_dir = Path::new(".pgtenant");
             let _cluster = provision::quickstart::prepare(&mut config, state_dir).await?;

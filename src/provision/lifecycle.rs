@@ -274,7 +274,13 @@ pub async fn drop_tenant(
 
     let mut report = DropReport::default();
     if options.backup {
-        match take_backup(config, id, options).await {
+        let backup = super::backup::backup_with_status(
+            config,
+            id,
+            options.backup_dir.as_deref(),
+            previous.as_deref(),
+        );
+        match backup.await {
             Ok(dir) => report.backup = Some(dir),
             Err(e) => {
                 // Nothing was removed: give the tenant back its status.
@@ -352,17 +358,6 @@ pub async fn drop_tenant(
         .map_err(db_err(format!("deleting registry rows of tenant {id}")))?;
     tracing::info!(tenant = %id, "tenant dropped");
     Ok(report)
-}
-
-/// Backs the tenant up for a drop.
-async fn take_backup(
-    _config: &Config,
-    id: &TenantId,
-    _options: &DropOptions,
-) -> Result<PathBuf, ProvisionError> {
-    Err(ProvisionError::Invalid(format!(
-        "backups are not available yet; drop tenant {id} without one (--no-backup)"
-    )))
 }
 
 /// The tenant's login roles that exist.
