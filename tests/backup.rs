@@ -257,3 +257,74 @@ async fn restore_as_new_id_clones_under_new_schema_and_roles() {
     assert!(e.to_string().contains("tenant bk_copy exists"), "{e}");
     eprintln!("restore --as in {:?}", t0.elapsed());
 }
+
+/// Runs the built binary in `cwd`; returns (success, stdout, stderr).
+fn pgtenant(cwd: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .current_dir(cwd)
+        .arg("--config")
+        .arg(cwd.join("pgtenant.toml"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn binary_drop_backs_up_and_restore_brings_back() {
+    let config = common::config();
+    let id = common::tenant(&config, "bk_bin").await;
+    fill(&config, &id).await;
+    let before = snapshot("tenant_bk_bin").await;
+    let cwd = tempfile::tempdir().unwrap();
+    let b = common::backend();
+    std::fs::write(
+        cwd.path().join("pgtenant.toml"),
+        format!(
+            "[backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\ntenant_role_secret = \"{}\"\n\n[provision]\nmigrations_dir = \"{}\"\n",
+            b.host, b.port, b.user, b.password, config.backend.tenant_role_secret, config.provision.migrations_dir
+        ),
+    )
+    .unwrap();
+
+    // Without --no-backup, drop writes a backup into the current directory.
+    let (ok, out, err) = pgtenant(cwd.path(), &["tenant", "drop", "bk_bin", "--yes"]);
+    assert!(ok, "{err}");
+    let backup = std::fs::read_dir(cwd.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("pgtenant-backup-bk_bin-")
+        })
+        .unwrap_or_else(|| panic!("no backup directory: {out}"));
+    assert!(out.contains("tenant bk_bin dropped"), "{out}");
+    assert!(registry_rows("bk_bin").await.is_empty());
+
+    let (ok, out, err) = pgtenant(cwd.path(), &["restore", backup.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("tenant bk_bin restored"), "{out}");
+    assert_eq!(snapshot("tenant_bk_bin").await, before);
+
+    let (ok, _, err) = pgtenant(
+        cwd.path(),
+        &[
+            "restore",
+            backup.to_str().unwrap(),
+            "--as",
+            "Robert'); DROP",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("invalid tenant id"), "{err}");
+    let (ok, out, err) = pgtenant(cwd.path(), &["backup", "bk_bin", "--out", "again"]);
+    assert!(ok, "{err}");
+    assert!(cwd.path().join("again/manifest.json").is_file(), "{out}");
+}

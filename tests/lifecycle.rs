@@ -247,3 +247,40 @@ async fn binary_tenant_commands() {
     assert_eq!(status("life_bin").await, None);
     eprintln!("binary commands in {:?}", t0.elapsed());
 }
+
+#[tokio::test]
+async fn interrupted_drop_is_finished_by_running_it_again() {
+    let config = common::config();
+    let id = common::tenant(&config, "life_resume").await;
+    // A drop that died after marking the tenant and dropping one schema.
+    common::admin("tenant_db")
+        .await
+        .batch_execute("UPDATE commons.tenants SET status = 'dropping' WHERE id = 'life_resume'")
+        .await
+        .unwrap();
+    common::admin("crm_db")
+        .await
+        .batch_execute("DROP SCHEMA tenant_life_resume CASCADE")
+        .await
+        .unwrap();
+    let e = provision::create_tenant(&config, &id, "")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("being dropped"), "{e}");
+    let e = provision::resume_tenant(&config, &id).await.unwrap_err();
+    assert!(e.to_string().contains("being dropped"), "{e}");
+    provision::drop_tenant(&config, &id, &DropOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(status("life_resume").await, None);
+    let n: i64 = common::admin("product_db")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'tenant_life_resume'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

@@ -303,14 +303,20 @@ async fn select_targets(
             .iter()
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
         {
-            if servable(&s) {
-                targets.push(Target::Tenant(TenantId::parse(&id)?));
+            if !servable(&s) {
+                continue;
+            }
+            match TenantId::parse(&id) {
+                Ok(id) => targets.push(Target::Tenant(id)),
+                // Inserted by hand past the registry's check; never served either.
+                Err(e) => tracing::warn!(error = %e, "registry row skipped"),
             }
         }
         return Ok(targets);
     }
     let mut targets = Vec::new();
-    for id in only {
+    let mut seen = std::collections::HashSet::new();
+    for id in only.iter().filter(|id| seen.insert(id.as_str())) {
         match status.get(id.as_str()).map(String::as_str) {
             None => return Err(ProvisionError::UnknownTenant(id.to_string())),
             Some(s) if !servable(s) => {

@@ -31,7 +31,8 @@ pub struct DatabaseStatus {
     pub files: Vec<String>,
     /// Where `tenant_template` stands (`None`: never migrated).
     pub template: Option<String>,
-    /// Tenants grouped by latest applied version, newest first.
+    /// Tenants grouped by latest applied version (file names compared
+    /// bytewise, as the files are ordered), newest first.
     pub versions: Vec<VersionCount>,
 }
 
@@ -49,7 +50,7 @@ pub async fn migration_status(config: &Config) -> Result<Vec<DatabaseStatus>, Pr
         let rows = registry
             .query(
                 "SELECT v, count(*) FROM (
-                     SELECT max(m.version) AS v
+                     SELECT max(m.version COLLATE \"C\") AS v
                      FROM commons.tenants t
                      LEFT JOIN commons.schema_migrations m
                             ON m.tenant_id = t.id AND m.database = $1
@@ -62,7 +63,7 @@ pub async fn migration_status(config: &Config) -> Result<Vec<DatabaseStatus>, Pr
             .map_err(db_err(format!("reading migration versions in {db}")))?;
         let template: Option<String> = registry
             .query_one(
-                "SELECT max(version) FROM commons.schema_migrations WHERE tenant_id = $1 AND database = $2",
+                "SELECT max(version COLLATE \"C\") FROM commons.schema_migrations WHERE tenant_id = $1 AND database = $2",
                 &[&TEMPLATE_ID, db],
             )
             .await
