@@ -1,5 +1,6 @@
 //! The `pgtenant` command line: parses arguments and calls into the library.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,8 +39,54 @@ enum Command {
         #[command(subcommand)]
         action: TenantCommand,
     },
+    /// Apply pending migrations to every tenant schema and the template (or see `migrate status`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Migrate {
+        #[command(subcommand)]
+        action: Option<MigrateCommand>,
+        #[command(flatten)]
+        args: MigrateArgs,
+    },
+    /// Back a tenant up: pg_dump of its schema in every service database, its registry rows, a manifest.
+    Backup {
+        /// Tenant id.
+        id: String,
+        /// Directory to write (created; must be empty). Default: pgtenant-backup-<id>-<time>.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Restore a backup directory, under its own tenant id or as a new one.
+    Restore {
+        /// The backup directory.
+        dir: PathBuf,
+        /// Restore as this tenant id (schema and roles renamed).
+        #[arg(long = "as", value_name = "NEW_ID")]
+        as_id: Option<String>,
+    },
     /// Start a local demo: a PostgreSQL (private if none is configured), tenants acme and globex, and the proxy.
     Quickstart,
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Per service database, how many tenants are at each migration version.
+    Status,
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// Only this tenant (repeatable); the tenant_template schema is then left alone.
+    #[arg(long = "tenant", value_name = "ID")]
+    tenants: Vec<String>,
+    /// Only this service database (repeatable).
+    #[arg(long = "database", value_name = "DB")]
+    databases: Vec<String>,
+    /// Show what would be applied; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Tenants migrated at a time.
+    #[arg(long, short, default_value_t = 4)]
+    jobs: usize,
 }
 
 #[derive(Subcommand)]
@@ -65,6 +112,37 @@ enum TenantCommand {
         #[arg(long)]
         read_only: bool,
     },
+    /// List tenants: id, name, status, tier, creation time.
+    List,
+    /// Show a tenant: status, tier, config, schemas and sizes, migrations per database.
+    Show {
+        /// Tenant id.
+        id: String,
+    },
+    /// Suspend a tenant: running proxies refuse its new connections at once.
+    Suspend {
+        /// Tenant id.
+        id: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// Tenant id.
+        id: String,
+    },
+    /// Drop a tenant: backup (unless --no-backup), then its schemas, roles and registry rows.
+    Drop {
+        /// Tenant id.
+        id: String,
+        /// Confirm: the tenant's data is removed.
+        #[arg(long)]
+        yes: bool,
+        /// Do not take a backup first.
+        #[arg(long)]
+        no_backup: bool,
+        /// Directory for the backup (default: a new one in the current directory).
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,6 +152,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(run(cli))
@@ -88,30 +167,24 @@ async fn run(cli: Cli) -> Result<()> {
             println!("registry and service databases are ready");
             Ok(())
         }
-        Command::Tenant { action } => match action {
-            TenantCommand::Create { id, name } => {
-                let id = TenantId::parse(&id)?;
-                provision::create_tenant(&config, &id, &name).await?;
-                println!("tenant {id} is active");
-                Ok(())
-            }
-            TenantCommand::AddUser {
-                id,
-                user,
-                password,
-                read_only,
-            } => {
-                let id = TenantId::parse(&id)?;
-                let access = if read_only {
-                    AccessLevel::ReadOnly
-                } else {
-                    AccessLevel::ReadWrite
-                };
-                provision::add_user(&config, &id, &user, &password, access).await?;
-                println!("user {user}@{id} saved");
-                Ok(())
-            }
-        },
+        Command::Tenant { action } => tenant_command(&config, action).await,
+        Command::Migrate {
+            action: Some(MigrateCommand::Status),
+            ..
+        } => migrate_status(&config).await,
+        Command::Migrate { action: None, args } => migrate(&config, args).await,
+        Command::Backup { id, out } => {
+            let id = TenantId::parse(&id)?;
+            let dir = provision::backup_tenant(&config, &id, out.as_deref()).await?;
+            println!("backup of tenant {id} in {}", dir.display());
+            Ok(())
+        }
+        Command::Restore { dir, as_id } => {
+            let as_id = as_id.map(|a| TenantId::parse(&a)).transpose()?;
+            let id = provision::restore_tenant(&config, &dir, as_id.as_ref()).await?;
+            println!("tenant {id} restored from {}", dir.display());
+            Ok(())
+        }
         Command::Quickstart => {
             let state_dir = Path::new(".pgtenant");
             let _cluster = provision::quickstart::prepare(&mut config, state_dir).await?;
@@ -126,6 +199,296 @@ async fn run(cli: Cli) -> Result<()> {
             serve(config).await
         }
     }
+}
+
+/// `pgtenant tenant ...`.
+async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
+    match action {
+        TenantCommand::Create { id, name } => {
+            let id = TenantId::parse(&id)?;
+            provision::create_tenant(config, &id, &name).await?;
+            println!("tenant {id} is active");
+            Ok(())
+        }
+        TenantCommand::AddUser {
+            id,
+            user,
+            password,
+            read_only,
+        } => {
+            let id = TenantId::parse(&id)?;
+            let access = if read_only {
+                AccessLevel::ReadOnly
+            } else {
+                AccessLevel::ReadWrite
+            };
+            provision::add_user(config, &id, &user, &password, access).await?;
+            println!("user {user}@{id} saved");
+            Ok(())
+        }
+        TenantCommand::List => {
+            let tenants = provision::list_tenants(config).await?;
+            print_table(
+                &["id", "name", "status", "tier", "created"],
+                tenants
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.status.clone(),
+                            t.tier.clone(),
+                            t.created.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        TenantCommand::Show { id } => {
+            let id = TenantId::parse(&id)?;
+            let t = provision::show_tenant(config, &id).await?;
+            println!("tenant   {}", t.summary.id);
+            println!("name     {}", t.summary.name);
+            println!("status   {}", t.summary.status);
+            match &t.backend {
+                Some(backend) => println!("tier     {} (backend {backend})", t.summary.tier),
+                None => println!("tier     {}", t.summary.tier),
+            }
+            println!("config   {}", t.config);
+            println!("users    {}", t.users);
+            println!("created  {} UTC", t.summary.created);
+            println!("updated  {} UTC", t.updated);
+            println!();
+            print_table(
+                &[
+                    "database",
+                    "schema",
+                    "tables",
+                    "size",
+                    "migrations",
+                    "latest",
+                ],
+                t.schemas
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.database.clone(),
+                            if s.exists {
+                                s.schema.clone()
+                            } else {
+                                format!("{} (missing)", s.schema)
+                            },
+                            s.tables.to_string(),
+                            human_size(s.size_bytes),
+                            s.migrations.len().to_string(),
+                            s.migrations.last().cloned().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect(),
+            );
+            Ok(())
+        }
+        TenantCommand::Suspend { id } => {
+            let id = TenantId::parse(&id)?;
+            provision::suspend_tenant(config, &id).await?;
+            println!("tenant {id} is suspended");
+            Ok(())
+        }
+        TenantCommand::Resume { id } => {
+            let id = TenantId::parse(&id)?;
+            provision::resume_tenant(config, &id).await?;
+            println!("tenant {id} is active");
+            Ok(())
+        }
+        TenantCommand::Drop {
+            id,
+            yes,
+            no_backup,
+            backup_dir,
+        } => {
+            let id = TenantId::parse(&id)?;
+            if !yes {
+                bail!("dropping tenant {id} removes its schemas, roles and registry rows; pass --yes to confirm");
+            }
+            let options = provision::lifecycle::DropOptions {
+                backup: !no_backup,
+                backup_dir,
+            };
+            let report = provision::drop_tenant(config, &id, &options).await?;
+            if let Some(dir) = report.backup {
+                println!("backup of tenant {id} in {}", dir.display());
+            }
+            println!("tenant {id} dropped");
+            Ok(())
+        }
+    }
+}
+
+/// `pgtenant migrate`: progress on stderr (a bar on a terminal, lines
+/// otherwise), a summary on stdout, an error exit when any target failed.
+async fn migrate(config: &Config, args: MigrateArgs) -> Result<()> {
+    let options = provision::MigrateOptions {
+        template: args.tenants.is_empty(),
+        tenants: args
+            .tenants
+            .iter()
+            .map(|t| TenantId::parse(t))
+            .collect::<Result<_, _>>()?,
+        databases: args.databases,
+        dry_run: args.dry_run,
+        jobs: args.jobs.max(1),
+    };
+    let verb = if options.dry_run {
+        "would apply"
+    } else {
+        "applied"
+    };
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let terminal = std::io::stderr().is_terminal();
+    let mut on_event = |event: provision::MigrateEvent<'_>| match event {
+        provision::MigrateEvent::Started { targets } => {
+            if terminal {
+                let b = indicatif::ProgressBar::new(targets as u64);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "migrating {bar:40} {pos}/{len} {elapsed} {msg}",
+                ) {
+                    b.set_style(style);
+                }
+                bar = Some(b);
+            } else {
+                eprintln!("migrate: {targets} target(s)");
+            }
+        }
+        provision::MigrateEvent::Finished(outcome) => {
+            let line = outcome_line(outcome, verb);
+            match &bar {
+                Some(b) => {
+                    if outcome.error.is_some() {
+                        b.println(line);
+                    }
+                    b.set_message(outcome.target.clone());
+                    b.inc(1);
+                }
+                None => eprintln!("migrate: {line}"),
+            }
+        }
+    };
+    let outcomes = provision::migrate(config, &options, &mut on_event).await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let failed = provision::migrate::failed(&outcomes);
+    let changed = outcomes
+        .iter()
+        .filter(|o| o.error.is_none() && !o.applied.is_empty())
+        .count();
+    for o in outcomes
+        .iter()
+        .filter(|o| o.error.is_none() && !o.applied.is_empty())
+    {
+        println!("{}", outcome_line(o, verb));
+    }
+    println!(
+        "{} target(s): {changed} {}, {} up to date, {failed} failed",
+        outcomes.len(),
+        if options.dry_run {
+            "with pending migrations"
+        } else {
+            "migrated"
+        },
+        outcomes.len() - changed - failed
+    );
+    if failed > 0 {
+        for o in &outcomes {
+            if let Some(e) = &o.error {
+                eprintln!("FAILED {}: {e}", o.target);
+            }
+        }
+        bail!("{failed} of {} target(s) failed", outcomes.len());
+    }
+    Ok(())
+}
+
+/// One line about one target: what was applied, or why it failed.
+fn outcome_line(outcome: &provision::TargetOutcome, verb: &str) -> String {
+    if let Some(e) = &outcome.error {
+        return format!("{}: FAILED: {e}", outcome.target);
+    }
+    if outcome.applied.is_empty() {
+        return format!("{}: up to date", outcome.target);
+    }
+    let list: Vec<String> = outcome
+        .applied
+        .iter()
+        .map(|(db, v)| format!("{db}/{v}"))
+        .collect();
+    format!("{}: {verb} {}", outcome.target, list.join(", "))
+}
+
+/// `pgtenant migrate status`.
+async fn migrate_status(config: &Config) -> Result<()> {
+    for db in provision::migration_status(config).await? {
+        println!(
+            "{}: {} migration file(s), latest {}; template at {}",
+            db.database,
+            db.files.len(),
+            db.files.last().map(String::as_str).unwrap_or("-"),
+            db.template.as_deref().unwrap_or("-")
+        );
+        print_table(
+            &["  version", "tenants", "pending"],
+            db.versions
+                .iter()
+                .map(|v| {
+                    vec![
+                        format!("  {}", v.version.as_deref().unwrap_or("(none)")),
+                        v.tenants.to_string(),
+                        v.pending.to_string(),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    Ok(())
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+/// Bytes as `12 kB`, `3.4 MB`, ...
+fn human_size(bytes: i64) -> String {
+    let mut value = bytes as f64;
+    for unit in ["bytes", "kB", "MB", "GB"] {
+        if value < 1024.0 {
+            return if unit == "bytes" {
+                format!("{bytes} {unit}")
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+        value /= 1024.0;
+    }
+    format!("{value:.1} TB")
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {

@@ -91,7 +91,7 @@ pub fn server_binaries_available() -> bool {
 
 /// The bin dir of the newest `/usr/lib/postgresql/<version>/bin`, else the
 /// directory `initdb` on PATH really lives in.
-fn server_bin_dir() -> Option<PathBuf> {
+pub(crate) fn server_bin_dir() -> Option<PathBuf> {
     let mut best: Option<(u32, PathBuf)> = None;
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         for entry in entries.flatten() {

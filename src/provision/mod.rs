@@ -1,20 +1,36 @@
 //! Provisioning: everything that shapes the PostgreSQL side of pgtenant.
 //!
 //! This module owns `pgtenant init` (registry and service databases, see
-//! [`init`]), the tenant lifecycle and per-tenant migrations ([`tenant`]), a
+//! [`init`]), tenant creation ([`tenant`]), the rest of the tenant lifecycle
+//! (list, show, suspend, resume, drop: [`lifecycle`]), migrations across every
+//! tenant schema ([`migrate`], [`migrate_status`]), per-tenant backups
+//! ([`backup`], [`restore`]), a
 //! throwaway local PostgreSQL cluster for tests and quickstart ([`cluster`]), and
 //! the quickstart demo setup ([`quickstart`]). The SQL it applies lives in
 //! `sql/`. It leaves reading the registry at runtime (cache, LISTEN/NOTIFY) to
 //! `crate::tenant`, and backend connections for clients to `crate::pool`.
 
+pub mod backup;
 pub mod cluster;
 pub mod init;
+pub mod lifecycle;
+pub mod migrate;
+pub mod migrate_status;
 pub mod quickstart;
+pub mod restore;
 pub mod tenant;
 
+pub use backup::backup_tenant;
 pub use cluster::{server_binaries_available, ClusterOptions, LocalCluster};
 pub use init::init;
+pub use lifecycle::{
+    drop_tenant, list_tenants, resume_tenant, show_tenant, suspend_tenant, TenantDetails,
+    TenantSummary,
+};
+pub use migrate::{migrate, MigrateEvent, MigrateOptions, TargetOutcome};
+pub use migrate_status::{migration_status, DatabaseStatus, VersionCount};
 pub use quickstart::prepare;
+pub use restore::restore_tenant;
 pub use tenant::{add_user, create_tenant};
 
 use std::time::Duration;
@@ -54,6 +70,12 @@ pub enum ProvisionError {
     /// A request that cannot be carried out as asked (e.g. a tenant being dropped).
     #[error("{0}")]
     Invalid(String),
+    /// The tenant is not in the registry.
+    #[error("tenant {0} does not exist")]
+    UnknownTenant(String),
+    /// A string given as a tenant id is not one.
+    #[error(transparent)]
+    InvalidId(#[from] crate::tenant::InvalidTenantId),
 }
 
 /// The server's message with its detail and hint, or the driver's text.

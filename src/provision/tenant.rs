@@ -6,7 +6,6 @@
 //! finished by running it again. It leaves reading the registry at runtime to
 //! `crate::tenant` and the databases themselves to [`crate::provision::init`].
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -15,10 +14,11 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::tenant::id::{role_password, AccessLevel, TenantId};
 
+use super::migrate::{apply_pending, load_migrations};
 use super::{admin_connect, db_err, io_err, quote_ident, quote_literal, ProvisionError};
 
 /// Advisory lock key serialising the grant step of concurrent tenant creations.
-const GRANT_LOCK_KEY: i64 = 0x7067_7465_6e02;
+pub(crate) const GRANT_LOCK_KEY: i64 = 0x7067_7465_6e02;
 
 /// Provisions tenant `id` (display name `name`; an empty name keeps the stored
 /// one): registry row (status `provisioning` while new), roles `tenant_<id>_rw`
@@ -60,11 +60,20 @@ pub async fn create_tenant(
     }
 
     ensure_roles(config, &registry, id).await?;
-    let migrations_root = PathBuf::from(&config.provision.migrations_dir);
     for db in &b.databases {
+        let files = load_migrations(config, db)?;
         let mut client = admin_connect(config, db).await?;
         ensure_schema(&client, db, id, &b.admin_user).await?;
-        apply_migrations(&registry, &mut client, &migrations_root, db, id).await?;
+        apply_pending(
+            &registry,
+            &mut client,
+            &files,
+            db,
+            id.as_str(),
+            &id.schema(),
+            false,
+        )
+        .await?;
         grant(&mut client, db, id, &b.admin_user).await?;
     }
 
@@ -117,7 +126,7 @@ pub async fn add_user(
 /// Creates or updates the tenant's two login roles. Roles are cluster-wide, so
 /// this runs once, on the registry connection. The password is sent as a
 /// SCRAM verifier so the derived password never appears in server logs.
-async fn ensure_roles(
+pub(crate) async fn ensure_roles(
     config: &Config,
     client: &Client,
     id: &TenantId,
@@ -169,7 +178,7 @@ fn id_search_path(config: &Config, id: &TenantId) -> Vec<String> {
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS tenant_<id>` owned by the admin role.
-async fn ensure_schema(
+pub(crate) async fn ensure_schema(
     client: &Client,
     db: &str,
     id: &TenantId,
@@ -219,85 +228,11 @@ pub fn checksum(content: &[u8]) -> String {
         .collect()
 }
 
-/// Applies the migrations of `db` not yet recorded for the tenant, each in its
-/// own transaction with `SET LOCAL search_path = tenant_<id>`, recording each
-/// in the registry after it commits. A recorded file whose content changed is
-/// an error. The record lives in another database, so a crash between commit
-/// and record re-applies that file next time: write migrations re-runnable.
-async fn apply_migrations(
-    registry: &Client,
-    client: &mut Client,
-    root: &Path,
-    db: &str,
-    id: &TenantId,
-) -> Result<(), ProvisionError> {
-    let applied: HashMap<String, String> = registry
-        .query(
-            "SELECT version, checksum FROM commons.schema_migrations WHERE tenant_id = $1 AND database = $2",
-            &[&id.as_str(), &db],
-        )
-        .await
-        .map_err(db_err(format!("reading applied migrations of {id} in {db}")))?
-        .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-
-    for path in migration_files(root, db)? {
-        let file = path.display().to_string();
-        let version = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bytes = std::fs::read(&path).map_err(io_err(format!("reading {file}")))?;
-        let sum = checksum(&bytes);
-        if let Some(recorded) = applied.get(&version) {
-            if *recorded != sum {
-                return Err(ProvisionError::Migration {
-                    file,
-                    message: format!(
-                        "changed after it was applied to tenant {id} in {db} (recorded checksum {recorded}, now {sum}); add a new migration instead"
-                    ),
-                });
-            }
-            continue;
-        }
-        let sql = String::from_utf8(bytes).map_err(|_| ProvisionError::Migration {
-            file: file.clone(),
-            message: "not valid UTF-8".into(),
-        })?;
-        let failed = |e: tokio_postgres::Error| ProvisionError::Migration {
-            file: file.clone(),
-            message: format!("tenant {id} in {db}: {}", super::db_message(&e)),
-        };
-        let tx = client.transaction().await.map_err(&failed)?;
-        tx.batch_execute(&format!(
-            "SET LOCAL search_path = {}",
-            quote_ident(&id.schema())
-        ))
-        .await
-        .map_err(&failed)?;
-        tx.batch_execute(&sql).await.map_err(&failed)?;
-        tx.commit().await.map_err(&failed)?;
-        registry
-            .execute(
-                "INSERT INTO commons.schema_migrations (tenant_id, database, version, checksum)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                &[&id.as_str(), &db, &version, &sum],
-            )
-            .await
-            .map_err(db_err(format!(
-                "recording migration {version} of {id} in {db}"
-            )))?;
-        tracing::info!(tenant = %id, database = db, migration = %version, "migration applied");
-    }
-    Ok(())
-}
-
 /// Grants the tenant roles what they need in `db` and nothing more: CONNECT
 /// (and TEMPORARY) on the database, USAGE on their schema, DML (rw) or SELECT
 /// (ro) on its tables, sequences for rw, default privileges for later tables,
 /// and read/execute on `commons`. No CREATE anywhere.
-async fn grant(
+pub(crate) async fn grant(
     client: &mut Client,
     db: &str,
     id: &TenantId,

@@ -14,10 +14,125 @@ pub const MAX_TENANT_ID_LEN: usize = 40;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(String);
 
+/// Words a tenant id may not be: PostgreSQL's reserved key words (those that
+/// cannot be a table or column name), so an id is always safe wherever it ends
+/// up unquoted, plus `template`, whose schema `tenant_template` is the
+/// migration reference kept by `pgtenant migrate`.
+pub const RESERVED_IDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+    "template",
+];
+
 /// Why a string is not a tenant id.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid tenant id {0:?}: use a lowercase letter followed by lowercase letters, digits or '_', at most 40 characters")]
-pub struct InvalidTenantId(pub String);
+pub enum InvalidTenantId {
+    /// Not `[a-z][a-z0-9_]*` of at most 40 bytes.
+    #[error("invalid tenant id {0:?}: use a lowercase letter followed by lowercase letters, digits or '_', at most 40 characters")]
+    Syntax(String),
+    /// One of [`RESERVED_IDS`].
+    #[error("invalid tenant id {0:?}: it is a reserved word; choose another id")]
+    Reserved(String),
+}
 
 impl TenantId {
     /// Validates `id`.
@@ -26,10 +141,12 @@ impl TenantId {
         let ok = matches!(chars.next(), Some('a'..='z'))
             && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'))
             && id.len() <= MAX_TENANT_ID_LEN;
-        if ok {
-            Ok(TenantId(id.to_string()))
+        if !ok {
+            Err(InvalidTenantId::Syntax(id.to_string()))
+        } else if RESERVED_IDS.contains(&id) {
+            Err(InvalidTenantId::Reserved(id.to_string()))
         } else {
-            Err(InvalidTenantId(id.to_string()))
+            Ok(TenantId(id.to_string()))
         }
     }
 
@@ -109,8 +226,17 @@ mod tests {
         assert!(TenantId::parse("acme").is_ok());
         assert!(TenantId::parse("acme_2").is_ok());
         for bad in ["", "Acme", "2acme", "a-b", "x'); drop", &"a".repeat(41)] {
-            assert!(TenantId::parse(bad).is_err(), "{bad}");
+            assert!(
+                matches!(TenantId::parse(bad), Err(InvalidTenantId::Syntax(_))),
+                "{bad}"
+            );
         }
+        for bad in ["select", "user", "table", "template"] {
+            let e = TenantId::parse(bad).unwrap_err();
+            assert_eq!(e, InvalidTenantId::Reserved(bad.into()));
+            assert!(e.to_string().contains("reserved word"), "{e}");
+        }
+        assert!(TenantId::parse("selection").is_ok());
         let t = TenantId::parse("acme").unwrap();
         assert_eq!(t.schema(), "tenant_acme");
         assert_eq!(t.role(AccessLevel::ReadOnly), "tenant_acme_ro");

@@ -1,0 +1,422 @@
+//! The tenant lifecycle after creation: list, show, suspend, resume and drop
+//! (`pgtenant tenant list|show|suspend|resume|drop`).
+//!
+//! Status changes only touch `commons.tenants`; running proxies learn of them
+//! through the registry's NOTIFY trigger and refuse suspended or dropping
+//! tenants at once. Creation lives in [`crate::provision::tenant`], backups in
+//! [`crate::provision::backup`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::tenant::id::{AccessLevel, TenantId};
+
+use super::tenant::GRANT_LOCK_KEY;
+use super::{admin_connect, db_err, quote_ident, ProvisionError};
+
+/// How long a drop waits for the tenant roles' sessions to go after they were terminated.
+const TERMINATE_WAIT: Duration = Duration::from_secs(10);
+
+/// One line of `pgtenant tenant list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantSummary {
+    /// Tenant id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `provisioning`, `active`, `suspended` or `dropping`.
+    pub status: String,
+    /// `shared` or `dedicated`.
+    pub tier: String,
+    /// Creation time, UTC, `YYYY-MM-DD HH:MM:SS`.
+    pub created: String,
+}
+
+/// A tenant's schema in one service database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchemaDetails {
+    /// The service database.
+    pub database: String,
+    /// The schema name, `tenant_<id>`.
+    pub schema: String,
+    /// Whether the schema exists.
+    pub exists: bool,
+    /// Tables in it.
+    pub tables: i64,
+    /// Bytes used by its tables, indexes and TOAST.
+    pub size_bytes: i64,
+    /// Applied migrations recorded for this database, in order.
+    pub migrations: Vec<String>,
+}
+
+/// What `pgtenant tenant show` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TenantDetails {
+    /// The registry row's main columns.
+    pub summary: TenantSummary,
+    /// Backend name of a `dedicated` tenant.
+    pub backend: Option<String>,
+    /// The tenant's `config` (e.g. `{"pool_size": 5}`).
+    pub config: serde_json::Value,
+    /// Last change of the registry row, UTC.
+    pub updated: String,
+    /// Client users in `commons.tenant_users`.
+    pub users: i64,
+    /// One entry per configured service database.
+    pub schemas: Vec<SchemaDetails>,
+}
+
+/// How `drop_tenant` treats the tenant's data before removing it.
+#[derive(Debug, Clone, Default)]
+pub struct DropOptions {
+    /// Take a backup first (and stop if it fails).
+    pub backup: bool,
+    /// Where the backup goes; `None` for a new directory in the current one.
+    pub backup_dir: Option<PathBuf>,
+}
+
+/// What a drop did.
+#[derive(Debug, Clone, Default)]
+pub struct DropReport {
+    /// The backup directory, when one was taken.
+    pub backup: Option<PathBuf>,
+    /// Sessions of the tenant roles that were terminated.
+    pub terminated_sessions: i64,
+}
+
+const SUMMARY_COLUMNS: &str = "id, name, status, tier,
+    to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')";
+
+fn summary(row: &tokio_postgres::Row) -> TenantSummary {
+    TenantSummary {
+        id: row.get(0),
+        name: row.get(1),
+        status: row.get(2),
+        tier: row.get(3),
+        created: row.get(4),
+    }
+}
+
+/// Every tenant in the registry, ordered by id.
+pub async fn list_tenants(config: &Config) -> Result<Vec<TenantSummary>, ProvisionError> {
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let rows = registry
+        .query(
+            &format!("SELECT {SUMMARY_COLUMNS} FROM commons.tenants ORDER BY id"),
+            &[],
+        )
+        .await
+        .map_err(db_err("listing tenants"))?;
+    Ok(rows.iter().map(summary).collect())
+}
+
+/// The registry row of tenant `id`, its schemas (existence, tables, size) and
+/// applied migrations in every configured service database.
+pub async fn show_tenant(config: &Config, id: &TenantId) -> Result<TenantDetails, ProvisionError> {
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let row = registry
+        .query_opt(
+            &format!(
+                "SELECT {SUMMARY_COLUMNS}, backend, config,
+                        to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                        (SELECT count(*) FROM commons.tenant_users u WHERE u.tenant_id = t.id)
+                 FROM commons.tenants t WHERE id = $1"
+            ),
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading tenant {id}")))?
+        .ok_or_else(|| ProvisionError::UnknownTenant(id.to_string()))?;
+    let migrations = registry
+        .query(
+            "SELECT database, version FROM commons.schema_migrations
+             WHERE tenant_id = $1 ORDER BY database, version",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading migrations of {id}")))?;
+    let mut schemas = Vec::new();
+    for db in &config.backend.databases {
+        let client = admin_connect(config, db).await?;
+        let stats = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1),
+                        count(*) FILTER (WHERE c.relkind IN ('r', 'p')),
+                        coalesce(sum(pg_catalog.pg_total_relation_size(c.oid))
+                                 FILTER (WHERE c.relkind IN ('r', 'p', 'm')), 0)::bigint
+                 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1",
+                &[&id.schema()],
+            )
+            .await
+            .map_err(db_err(format!("measuring schema {} in {db}", id.schema())))?;
+        schemas.push(SchemaDetails {
+            database: db.clone(),
+            schema: id.schema(),
+            exists: stats.get(0),
+            tables: stats.get(1),
+            size_bytes: stats.get(2),
+            migrations: migrations
+                .iter()
+                .filter(|m| m.get::<_, &str>(0) == db)
+                .map(|m| m.get(1))
+                .collect(),
+        });
+    }
+    Ok(TenantDetails {
+        summary: summary(&row),
+        backend: row.get(5),
+        config: row.get(6),
+        updated: row.get(7),
+        users: row.get(8),
+        schemas,
+    })
+}
+
+/// Marks an active tenant `suspended`: running proxies refuse its new
+/// connections at once. Suspending a suspended tenant is a no-op.
+pub async fn suspend_tenant(config: &Config, id: &TenantId) -> Result<(), ProvisionError> {
+    set_status(config, id, "suspended", &["active", "suspended"]).await
+}
+
+/// Marks a suspended tenant `active` again. Resuming an active tenant is a no-op.
+pub async fn resume_tenant(config: &Config, id: &TenantId) -> Result<(), ProvisionError> {
+    set_status(config, id, "active", &["active", "suspended"]).await
+}
+
+/// Sets `status` when the current status is one of `from`; otherwise explains why not.
+async fn set_status(
+    config: &Config,
+    id: &TenantId,
+    status: &str,
+    from: &[&str],
+) -> Result<(), ProvisionError> {
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+    let changed = registry
+        .execute(
+            "UPDATE commons.tenants SET status = $2 WHERE id = $1 AND status = ANY($3)",
+            &[&id.as_str(), &status, &from],
+        )
+        .await
+        .map_err(db_err(format!("setting tenant {id} {status}")))?;
+    if changed == 1 {
+        tracing::info!(tenant = %id, status, "tenant status changed");
+        return Ok(());
+    }
+    let current: Option<String> = registry
+        .query_opt(
+            "SELECT status FROM commons.tenants WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading tenant {id}")))?
+        .map(|r| r.get(0));
+    Err(match current.as_deref() {
+        None => ProvisionError::UnknownTenant(id.to_string()),
+        Some("provisioning") => ProvisionError::Invalid(format!(
+            "tenant {id} is still provisioning; finish it with `pgtenant tenant create {id}` first"
+        )),
+        Some("dropping") => ProvisionError::Invalid(format!(
+            "tenant {id} is being dropped; finish it with `pgtenant tenant drop {id} --yes`"
+        )),
+        Some(other) => {
+            ProvisionError::Invalid(format!("tenant {id} is {other}; cannot make it {status}"))
+        }
+    })
+}
+
+/// Drops tenant `id`: marks it `dropping` (proxies refuse it from then on),
+/// takes a backup when asked, terminates the remaining sessions of its roles,
+/// drops its schema in every service database, drops its roles (after
+/// `REASSIGN OWNED` / `DROP OWNED` in every database), and deletes its registry
+/// rows (tenant, users, migration records). An interrupted drop is finished by
+/// running it again.
+pub async fn drop_tenant(
+    config: &Config,
+    id: &TenantId,
+    options: &DropOptions,
+) -> Result<DropReport, ProvisionError> {
+    let b = &config.backend;
+    let registry = admin_connect(config, &b.registry_database).await?;
+    registry
+        .execute(
+            "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))",
+            &[&format!("pgtenant:tenant:{id}")],
+        )
+        .await
+        .map_err(db_err(format!("locking tenant {id}")))?;
+    let previous: Option<String> = registry
+        .query_opt(
+            "SELECT status FROM commons.tenants WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading tenant {id}")))?
+        .map(|r| r.get(0));
+    let roles = existing_roles(&registry, id).await?;
+    if previous.is_none() && roles.is_empty() {
+        return Err(ProvisionError::UnknownTenant(id.to_string()));
+    }
+    registry
+        .execute(
+            "UPDATE commons.tenants SET status = 'dropping' WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("marking tenant {id} dropping")))?;
+    tracing::info!(tenant = %id, "tenant marked dropping");
+
+    let mut report = DropReport::default();
+    if options.backup {
+        let backup = super::backup::backup_with_status(
+            config,
+            id,
+            options.backup_dir.as_deref(),
+            previous.as_deref(),
+        );
+        match backup.await {
+            Ok(dir) => report.backup = Some(dir),
+            Err(e) => {
+                // Nothing was removed: give the tenant back its status.
+                if let Some(status) = previous.filter(|s| s != "dropping") {
+                    registry
+                        .execute(
+                            "UPDATE commons.tenants SET status = $2 WHERE id = $1",
+                            &[&id.as_str(), &status],
+                        )
+                        .await
+                        .map_err(db_err(format!("restoring the status of tenant {id}")))?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    report.terminated_sessions = terminate_sessions(&registry, id, &roles).await?;
+
+    let admin = quote_ident(&b.admin_user);
+    let role_list = roles
+        .iter()
+        .map(|r| quote_ident(r))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut databases: Vec<&String> = b.databases.iter().collect();
+    if !databases.contains(&&b.registry_database) {
+        databases.push(&b.registry_database);
+    }
+    for db in databases {
+        let mut sql = String::new();
+        if b.databases.contains(db) {
+            sql.push_str(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE;\n",
+                quote_ident(&id.schema())
+            ));
+        }
+        if !roles.is_empty() {
+            sql.push_str(&format!(
+                "REASSIGN OWNED BY {role_list} TO {admin};\nDROP OWNED BY {role_list};\n"
+            ));
+        }
+        let mut client = admin_connect(config, db).await?;
+        let context = format!("dropping tenant {id} from {db}");
+        let tx = client
+            .transaction()
+            .await
+            .map_err(db_err(context.clone()))?;
+        // DROP OWNED revokes rights on the database and in `commons`, the same
+        // catalog rows every tenant creation grants on: take turns with them.
+        tx.execute(
+            "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+            &[&GRANT_LOCK_KEY],
+        )
+        .await
+        .map_err(db_err(context.clone()))?;
+        tx.batch_execute(&sql)
+            .await
+            .map_err(db_err(context.clone()))?;
+        tx.commit().await.map_err(db_err(context))?;
+    }
+    if !roles.is_empty() {
+        registry
+            .batch_execute(&format!("DROP ROLE IF EXISTS {role_list}"))
+            .await
+            .map_err(db_err(format!("dropping roles of tenant {id}")))?;
+    }
+    registry
+        .execute(
+            "WITH m AS (DELETE FROM commons.schema_migrations WHERE tenant_id = $1),
+                  u AS (DELETE FROM commons.tenant_users WHERE tenant_id = $1)
+             DELETE FROM commons.tenants WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("deleting registry rows of tenant {id}")))?;
+    tracing::info!(tenant = %id, "tenant dropped");
+    Ok(report)
+}
+
+/// The tenant's login roles that exist.
+async fn existing_roles(registry: &Client, id: &TenantId) -> Result<Vec<String>, ProvisionError> {
+    let wanted = [
+        id.role(AccessLevel::ReadWrite),
+        id.role(AccessLevel::ReadOnly),
+    ];
+    let rows = registry
+        .query(
+            "SELECT rolname::text FROM pg_catalog.pg_roles WHERE rolname = ANY($1) ORDER BY 1",
+            &[&wanted.as_slice()],
+        )
+        .await
+        .map_err(db_err(format!("looking up roles of tenant {id}")))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Terminates every session logged in as one of `roles` and waits until they
+/// are gone; returns how many were terminated.
+async fn terminate_sessions(
+    registry: &Client,
+    id: &TenantId,
+    roles: &[String],
+) -> Result<i64, ProvisionError> {
+    if roles.is_empty() {
+        return Ok(0);
+    }
+    let terminated: i64 = registry
+        .query_one(
+            "SELECT count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(pid))
+             FROM pg_catalog.pg_stat_activity WHERE usename = ANY($1)",
+            &[&roles],
+        )
+        .await
+        .map_err(db_err(format!("terminating sessions of tenant {id}")))?
+        .get(0);
+    let deadline = tokio::time::Instant::now() + TERMINATE_WAIT;
+    loop {
+        let left: i64 = registry
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = ANY($1)",
+                &[&roles],
+            )
+            .await
+            .map_err(db_err(format!("counting sessions of tenant {id}")))?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ProvisionError::Invalid(format!(
+                "{left} session(s) of tenant {id} are still open after being terminated; run the drop again"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if terminated > 0 {
+        tracing::info!(tenant = %id, terminated, "terminated tenant sessions");
+    }
+    Ok(terminated)
+}
