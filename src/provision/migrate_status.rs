@@ -75,7 +75,7 @@ pub async fn migration_status(config: &Config) -> Result<Vec<DatabaseStatus>, Pr
                 let version: Option<String> = r.get(0);
                 let pending = files
                     .iter()
-                    .filter(|f| version.as_deref().map_or(true, |v| f.as_str() > v))
+                    .filter(|f| version.as_deref().is_none_or(|v| f.as_str() > v))
                     .count();
                 VersionCount {
                     version,
