@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::frame::FrameReader;
-use super::txn::{active, answer_cached_parses, ClientState, Period, TxnEnd};
+use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
 use super::{settings, Context, Ready, TenantGate};
 use crate::config::PoolMode;
 use crate::net::Stream;
@@ -44,9 +44,9 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         if creader.header().map(|(tag, _)| tag) == Some(b'X') {
             break None;
         }
-        if let Some((used, reply)) =
-            answer_cached_parses(creader.buffered(), &cache, &mut state.statements)
-        {
+        let local = answer_cached_parses(creader.buffered(), &cache, &mut state.statements)
+            .or_else(|| answer_deallocate(creader.buffered(), &mut state.statements));
+        if let Some((used, reply)) = local {
             creader.consume(used);
             if client.write_all(&reply).await.is_err() {
                 break None;
