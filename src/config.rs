@@ -236,6 +236,15 @@ pub struct PoolConfig {
     pub pool_mode: PoolMode,
     /// Pool mode per service database, e.g. `{ crm_db = "transaction" }`.
     pub database_pool_modes: std::collections::BTreeMap<String, PoolMode>,
+    /// Server connections in all, shared fairly by every pool (see
+    /// `pool::budget`); 0 for no limit. Default 0.
+    pub max_server_connections: usize,
+    /// Seconds an idle server connection is kept; idle tenants' pools shrink
+    /// to nothing. 0: forever. Default 600.
+    pub server_idle_timeout: f64,
+    /// Seconds after which an idle server connection is closed however busy
+    /// it was. 0: forever. Default 3600.
+    pub server_lifetime: f64,
     /// Prepared statements kept per server connection in transaction and
     /// statement mode; the least recently used one is closed beyond it. Default 200.
     pub max_prepared_statements: usize,
@@ -275,6 +284,9 @@ impl Default for PoolConfig {
             pool_mode: PoolMode::Session,
             database_pool_modes: Default::default(),
             max_prepared_statements: 200,
+            max_server_connections: 0,
+            server_idle_timeout: 600.0,
+            server_lifetime: 3600.0,
         }
     }
 }
@@ -338,6 +350,17 @@ impl Config {
                 return Err(invalid(
                     key,
                     format!("must be a positive number of seconds, not {value}"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("pool.server_idle_timeout", self.pool.server_idle_timeout),
+            ("pool.server_lifetime", self.pool.server_lifetime),
+        ] {
+            if !(value.is_finite() && (0.0..1e9).contains(&value)) {
+                return Err(invalid(
+                    key,
+                    format!("must be 0 or a positive number of seconds, not {value}"),
                 ));
             }
         }
