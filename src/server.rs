@@ -65,6 +65,7 @@ impl Proxy {
             cancels: CancelMap::default(),
             auth_file,
             server_key,
+            clients: Default::default(),
             config: Arc::new(config),
         });
 

@@ -58,6 +58,8 @@ pub enum TxnEnd {
     BackendCorrupt,
     /// Statement mode and the client opened a transaction block.
     TransactionInStatementMode,
+    /// The client sat inside a transaction longer than `idle_transaction_timeout`.
+    IdleTransactionTimeout,
 }
 
 /// What one client keeps across connections.
@@ -82,6 +84,8 @@ struct Shared {
     params: Mutex<Vec<(String, String)>>,
     /// Statements whose Parse went to the server this period, by id.
     issued: Mutex<HashMap<u64, Arc<Statement>>>,
+    /// The last ReadyForQuery said the connection is inside a transaction.
+    in_transaction: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,6 +105,8 @@ pub struct Period<'a, G> {
     pub max_prepared: usize,
     /// Filters notifications from other tenants.
     pub gate: &'a G,
+    /// `pool.idle_transaction_timeout`, if set.
+    pub idle_transaction_timeout: Option<std::time::Duration>,
 }
 
 /// Relays from the client's next message until the connection is idle again.
@@ -132,6 +138,7 @@ where
         dirty: AtomicBool::new(false),
         params: Mutex::new(Vec::new()),
         issued: Mutex::new(HashMap::new()),
+        in_transaction: AtomicBool::new(false),
     };
     let end = {
         let statements = &mut client.statements;
@@ -183,7 +190,25 @@ where
             }
             shared.client_busy.store(false, Ordering::Release);
             shared.wake.notify_one();
-            match reader.ensure(rx, 5).await {
+            // Only a client inside a transaction can be waited on here (an
+            // idle one ends the period); it gets idle_transaction_timeout.
+            let got = loop {
+                let Some(limit) = period.idle_transaction_timeout else {
+                    break reader.ensure(rx, 5).await;
+                };
+                match tokio::time::timeout(limit, reader.ensure(rx, 5)).await {
+                    Ok(r) => break r,
+                    // Idle inside a transaction, with nothing owed by the server.
+                    Err(_)
+                        if shared.in_transaction.load(Ordering::Acquire)
+                            && lock(&shared.expect).is_idle() =>
+                    {
+                        return TxnEnd::IdleTransactionTimeout
+                    }
+                    Err(_) => {}
+                }
+            };
+            match got {
                 Ok(true) => {}
                 _ => return TxnEnd::ClientGone,
             }
@@ -746,6 +771,9 @@ where
                 let deliver = match tag {
                     b'Z' => {
                         last_status = msg.get(5).copied().unwrap_or(b'?');
+                        shared
+                            .in_transaction
+                            .store(last_status != b'I', Ordering::Release);
                         true
                     }
                     b'S' => {
