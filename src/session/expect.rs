@@ -82,6 +82,14 @@ impl Expectations {
         self.queue.push_back(e);
     }
 
+    /// Forgets everything (the connection it described is gone).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.skipping = false;
+        self.forgotten.clear();
+        self.confirmed.clear();
+    }
+
     /// Nothing owed: the connection may serve someone else.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && !self.skipping

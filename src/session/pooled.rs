@@ -31,6 +31,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         statements: Default::default(),
         params: client_settings,
         dirty: false,
+        buffers: Default::default(),
     };
     let mut creader = FrameReader::new(8 * 1024);
     let mut breader = FrameReader::new(16 * 1024);

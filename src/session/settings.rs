@@ -46,18 +46,9 @@ pub(crate) async fn apply(
     backend: &mut Backend,
     wanted: &[(String, String)],
 ) -> Result<(), SessionError> {
-    let current = |backend: &Backend, name: &str| -> Option<String> {
-        backend.param(name).map(str::to_string).or_else(|| {
-            backend
-                .applied
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        })
-    };
     let sets: Vec<&(String, String)> = wanted
         .iter()
-        .filter(|(name, value)| current(backend, name).as_deref() != Some(value.as_str()))
+        .filter(|(name, value)| current(backend, name) != Some(value.as_str()))
         .collect();
     let resets: Vec<String> = backend
         .applied
@@ -107,6 +98,17 @@ pub(crate) async fn apply(
         }),
         Err(e) => Err(SessionError::Pool(e.into())),
     }
+}
+
+/// What the backend has for `name`: its report, or what the proxy set on it.
+fn current<'a>(backend: &'a Backend, name: &str) -> Option<&'a str> {
+    backend.param(name).or_else(|| {
+        backend
+            .applied
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    })
 }
 
 /// A SQL string literal (`standard_conforming_strings` is on in every backend).

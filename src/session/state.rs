@@ -17,50 +17,142 @@ const STATEFUL_FUNCTIONS: &[&str] = &[
 ];
 
 /// Whether running `sql` may leave state that outlives its transaction.
+/// Runs on every simple query in transaction pooling, so it allocates nothing.
 pub fn leaves_session_state(sql: &[u8]) -> bool {
-    let lower: Vec<u8> = sql.iter().map(u8::to_ascii_lowercase).collect();
-    if STATEFUL_FUNCTIONS
-        .iter()
-        .any(|f| lower.windows(f.len()).any(|w| w == f.as_bytes()))
+    let has_function = STATEFUL_FUNCTIONS.iter().any(|f| {
+        sql.windows(f.len())
+            .any(|w| w.eq_ignore_ascii_case(f.as_bytes()))
+    });
+    has_function || statements_any(sql, stateful)
+}
+
+/// The first words of one statement (more are not needed to judge it).
+struct Words<'a> {
+    words: [&'a [u8]; 8],
+    len: usize,
+}
+
+impl<'a> Words<'a> {
+    fn new() -> Self {
+        Words {
+            words: [b""; 8],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, word: &'a [u8]) {
+        if self.len < self.words.len() {
+            self.words[self.len] = word;
+            self.len += 1;
+        }
+    }
+
+    fn get(&self, i: usize) -> &'a [u8] {
+        if i < self.len {
+            self.words[i]
+        } else {
+            b""
+        }
+    }
+
+    fn contains(&self, word: &str) -> bool {
+        self.words[..self.len]
+            .iter()
+            .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+    }
+}
+
+fn is(word: &[u8], keyword: &str) -> bool {
+    word.eq_ignore_ascii_case(keyword.as_bytes())
+}
+
+const HARMLESS: &[&str] = &[
+    "select",
+    "with",
+    "insert",
+    "update",
+    "delete",
+    "begin",
+    "commit",
+    "rollback",
+    "end",
+    "start",
+    "copy",
+    "values",
+    "table",
+    "explain",
+    "show",
+    "fetch",
+    "close",
+    "move",
+    "execute",
+    "savepoint",
+    "release",
+    "truncate",
+    "lock",
+    "analyze",
+    "vacuum",
+    "notify",
+    "unlisten",
+    "abort",
+    "merge",
+    "call",
+    "alter",
+    "drop",
+    "grant",
+    "revoke",
+    "comment",
+    "refresh",
+    "reindex",
+    "cluster",
+    "checkpoint",
+];
+
+fn stateful(words: &Words<'_>) -> bool {
+    let first = words.get(0);
+    if first.is_empty() {
+        return false;
+    }
+    if is(first, "set") {
+        let second = words.get(1);
+        return !(is(second, "local") || is(second, "transaction") || is(second, "constraints"));
+    }
+    if [
+        "reset",
+        "listen",
+        "prepare",
+        "discard",
+        "deallocate",
+        "load",
+    ]
+    .iter()
+    .any(|k| is(first, k))
     {
         return true;
     }
-    let found = statements(&lower).any(|words| stateful(&words));
-    found
-}
-
-fn stateful(words: &[&[u8]]) -> bool {
-    let word = |i: usize| words.get(i).copied().unwrap_or(b"");
-    match word(0) {
-        b"set" => !matches!(word(1), b"local" | b"transaction" | b"constraints"),
-        b"reset" | b"listen" | b"prepare" | b"discard" | b"deallocate" | b"load" => true,
-        b"declare" => words.contains(&&b"hold"[..]),
-        b"create" => words
-            .iter()
-            .take(4)
-            .any(|w| *w == b"temp" || *w == b"temporary"),
-        b"select" | b"with" | b"insert" | b"update" | b"delete" | b"begin" | b"commit"
-        | b"rollback" | b"end" | b"start" | b"copy" | b"values" | b"table" | b"explain"
-        | b"show" | b"fetch" | b"close" | b"move" | b"execute" | b"savepoint" | b"release"
-        | b"truncate" | b"lock" | b"analyze" | b"vacuum" | b"notify" | b"unlisten" | b"abort"
-        | b"merge" | b"call" | b"alter" | b"drop" | b"grant" | b"revoke" | b"comment"
-        | b"refresh" | b"reindex" | b"cluster" | b"checkpoint" => false,
-        b"" => false,
-        // `do` blocks and anything unknown may run SET inside.
-        _ => true,
+    if is(first, "declare") {
+        return words.contains("hold");
     }
+    if is(first, "create") {
+        return (1..4).any(|i| is(words.get(i), "temp") || is(words.get(i), "temporary"));
+    }
+    // `do` blocks and anything unknown may run SET inside.
+    !HARMLESS.iter().any(|k| is(first, k))
 }
 
-/// Splits SQL into statements and returns the first few words of each,
-/// skipping comments, quoted strings, quoted identifiers and dollar quotes.
-fn statements(sql: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
-    let mut out: Vec<Vec<&[u8]>> = vec![Vec::new()];
+/// Splits SQL into statements (skipping comments, quoted strings, quoted
+/// identifiers and dollar quotes) and asks `judge` about each one's first words.
+fn statements_any(sql: &[u8], judge: fn(&Words<'_>) -> bool) -> bool {
+    let mut words = Words::new();
     let mut i = 0;
     while i < sql.len() {
         let c = sql[i];
         match c {
             b';' => {
-                out.push(Vec::new());
+                if judge(&words) {
+                    return true;
+                }
+                words = Words::new();
                 i += 1;
             }
             b'-' if sql.get(i + 1) == Some(&b'-') => {
@@ -74,7 +166,7 @@ fn statements(sql: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
             }
             b'\'' | b'"' => {
                 i = skip_quoted(sql, i, c);
-                push_word(&mut out, b"?");
+                words.push(b"?");
             }
             b'$' => {
                 let tag_end = sql[i + 1..]
@@ -84,7 +176,7 @@ fn statements(sql: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
                     Some(end) if sql.get(end) == Some(&b'$') => {
                         let tag = &sql[i..=end];
                         i = find(sql, end + 1, tag).map_or(sql.len(), |p| p + tag.len());
-                        push_word(&mut out, b"?");
+                        words.push(b"?");
                     }
                     _ => i += 1,
                 }
@@ -94,22 +186,13 @@ fn statements(sql: &[u8]) -> impl Iterator<Item = Vec<&[u8]>> {
                     .iter()
                     .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
                     .unwrap_or(sql.len() - i);
-                push_word(&mut out, &sql[i..i + len]);
+                words.push(&sql[i..i + len]);
                 i += len;
             }
             _ => i += 1,
         }
     }
-    out.into_iter()
-}
-
-/// Keeps the first eight words of the current statement.
-fn push_word<'a>(out: &mut [Vec<&'a [u8]>], word: &'a [u8]) {
-    if let Some(current) = out.last_mut() {
-        if current.len() < 8 {
-            current.push(word);
-        }
-    }
+    judge(&words)
 }
 
 fn skip_quoted(sql: &[u8], start: usize, quote: u8) -> usize {

@@ -70,6 +70,17 @@ pub struct ClientState {
     pub params: Vec<(String, String)>,
     /// The client ran something that leaves session state on the connection.
     pub dirty: bool,
+    /// Output buffers and the owed-response queue, kept between periods so
+    /// a transaction allocates nothing of its own.
+    pub buffers: Buffers,
+}
+
+/// Buffers reused by every active period of one client.
+#[derive(Default)]
+pub struct Buffers {
+    up: BytesMut,
+    down: BytesMut,
+    expect: Expectations,
 }
 
 /// State both directions share during one active period.
@@ -131,7 +142,7 @@ where
     G: NotificationGate,
 {
     let shared = Shared {
-        expect: Mutex::new(Expectations::default()),
+        expect: Mutex::new(std::mem::take(&mut client.buffers.expect)),
         prepared: Mutex::new(std::mem::take(prepared)),
         client_busy: AtomicBool::new(true),
         wake: Notify::new(),
@@ -142,11 +153,24 @@ where
     };
     let end = {
         let statements = &mut client.statements;
+        let (up, down) = (&mut client.buffers.up, &mut client.buffers.down);
+        up.clear();
+        down.clear();
         tokio::select! {
-            end = client_side(crx, btx, creader, &shared, statements, period) => end,
-            end = server_side(brx, ctx, breader, &shared, period) => end,
+            end = client_side(crx, btx, creader, up, &shared, statements, period) => end,
+            end = server_side(brx, ctx, breader, down, &shared, period) => end,
         }
     };
+    let mut expect = shared
+        .expect
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    if end == TxnEnd::Idle {
+        client.buffers.expect = expect;
+    } else {
+        expect.clear();
+        client.buffers.expect = expect;
+    }
     *prepared = shared
         .prepared
         .into_inner()
@@ -171,6 +195,7 @@ async fn client_side<R, W, G>(
     rx: &mut R,
     tx: &mut W,
     reader: &mut FrameReader,
+    out: &mut BytesMut,
     shared: &Shared,
     statements: &mut HashMap<String, Arc<Statement>>,
     period: &Period<'_, G>,
@@ -179,11 +204,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut out = BytesMut::with_capacity(8 * 1024);
     loop {
         if reader.header().is_none() {
             if !out.is_empty() {
-                if tx.write_all(&out).await.is_err() {
+                if tx.write_all(out).await.is_err() {
                     return TxnEnd::BackendGone;
                 }
                 out.clear();
@@ -224,7 +248,7 @@ where
         let total = len + 1;
         match tag {
             b'X' => {
-                if !out.is_empty() && tx.write_all(&out).await.is_err() {
+                if !out.is_empty() && tx.write_all(out).await.is_err() {
                     return TxnEnd::BackendGone;
                 }
                 return TxnEnd::ClientTerminated;
@@ -239,9 +263,9 @@ where
                 }
                 let msg = &reader.buffered()[..total];
                 let ok = match tag {
-                    b'P' => on_parse(msg, &mut out, shared, statements, period),
-                    b'D' => on_describe(msg, &mut out, shared, statements, period),
-                    _ => on_close(msg, &mut out, shared, statements),
+                    b'P' => on_parse(msg, out, shared, statements, period),
+                    b'D' => on_describe(msg, out, shared, statements, period),
+                    _ => on_close(msg, out, shared, statements),
                 };
                 if !ok {
                     return TxnEnd::ClientCorrupt;
@@ -258,7 +282,7 @@ where
                 let Some(used) = on_bind_head(
                     &reader.buffered()[..head],
                     total,
-                    &mut out,
+                    out,
                     shared,
                     statements,
                     period,
@@ -266,7 +290,7 @@ where
                     return TxnEnd::ClientCorrupt;
                 };
                 reader.consume(used);
-                if let Err(end) = stream_body(rx, tx, reader, &mut out, total - used).await {
+                if let Err(end) = stream_body(rx, tx, reader, out, total - used).await {
                     return end;
                 }
             }
@@ -298,14 +322,14 @@ where
                 if let Some(r) = request {
                     lock(&shared.expect).push(Expect::Pass(r));
                 }
-                if let Err(end) = stream_body(rx, tx, reader, &mut out, total).await {
+                if let Err(end) = stream_body(rx, tx, reader, out, total).await {
                     return end;
                 }
             }
         }
         forget(shared);
         if out.len() >= FLUSH_AT {
-            if tx.write_all(&out).await.is_err() {
+            if tx.write_all(out).await.is_err() {
                 return TxnEnd::BackendGone;
             }
             out.clear();
@@ -378,19 +402,49 @@ fn ensure_prepared<G>(
     shared: &Shared,
     period: &Period<'_, G>,
 ) {
-    let mut prepared = lock(&shared.prepared);
-    if prepared.touch(statement.id) {
-        return;
+    if !lock(&shared.prepared).touch(statement.id) {
+        prepare_on_server(
+            statement,
+            out,
+            shared,
+            period,
+            Expect::InjectedParse(statement.id),
+        );
     }
+}
+
+/// Sends `statement`'s Parse, owing `entry` for it, and closes the least
+/// recently used statements beyond `max_prepared_statements`.
+fn prepare_on_server<G>(
+    statement: &Arc<Statement>,
+    out: &mut BytesMut,
+    shared: &Shared,
+    period: &Period<'_, G>,
+    entry: Expect,
+) {
+    let mut prepared = lock(&shared.prepared);
     prepared.insert(statement.id);
     out.extend_from_slice(&statement.parse);
     lock(&shared.issued).insert(statement.id, Arc::clone(statement));
     let mut expect = lock(&shared.expect);
-    expect.push(Expect::InjectedParse(statement.id));
+    expect.push(entry);
     while let Some(old) = prepared.evict_over(period.max_prepared) {
         put_close_statement(out, &format!("pgtenant_{old}"));
         expect.push(Expect::InjectedClose);
     }
+}
+
+/// The server statement behind a client's statement name, if it has one.
+fn client_statement<'a>(
+    statements: &'a HashMap<String, Arc<Statement>>,
+    name: &[u8],
+) -> Option<&'a Arc<Statement>> {
+    if name.is_empty() {
+        return None;
+    }
+    std::str::from_utf8(name)
+        .ok()
+        .and_then(|n| statements.get(n))
 }
 
 fn put_close_statement(out: &mut BytesMut, name: &str) {
@@ -583,22 +637,18 @@ fn on_parse<G>(
     if stateful {
         shared.dirty.store(true, Ordering::Release);
     }
-    let mut prepared = lock(&shared.prepared);
-    if prepared.touch(statement.id) {
+    if lock(&shared.prepared).touch(statement.id) {
         lock(&shared.expect).push(Expect::Synthetic(PARSE_COMPLETE));
-        drop(prepared);
         shared.wake.notify_one();
         return true;
     }
-    prepared.insert(statement.id);
-    out.extend_from_slice(&statement.parse);
-    lock(&shared.issued).insert(statement.id, Arc::clone(&statement));
-    let mut expect = lock(&shared.expect);
-    expect.push(Expect::ClientParse(statement.id));
-    while let Some(old) = prepared.evict_over(period.max_prepared) {
-        put_close_statement(out, &format!("pgtenant_{old}"));
-        expect.push(Expect::InjectedClose);
-    }
+    prepare_on_server(
+        &statement,
+        out,
+        shared,
+        period,
+        Expect::ClientParse(statement.id),
+    );
     true
 }
 
@@ -615,13 +665,11 @@ fn on_describe<G>(
     let Some(name) = cstr(&mut rest) else {
         return false;
     };
-    let statement = (kind == b'S' && !name.is_empty())
-        .then(|| {
-            std::str::from_utf8(name)
-                .ok()
-                .and_then(|n| statements.get(n))
-        })
-        .flatten();
+    let statement = if kind == b'S' {
+        client_statement(statements, name)
+    } else {
+        None
+    };
     match statement {
         Some(st) => {
             ensure_prepared(st, out, shared, period);
@@ -681,13 +729,7 @@ fn on_bind_head<G>(
     let portal = cstr(&mut body)?;
     let name = cstr(&mut body)?;
     let used = 5 + portal.len() + 1 + name.len() + 1;
-    let statement = (!name.is_empty())
-        .then(|| {
-            std::str::from_utf8(name)
-                .ok()
-                .and_then(|n| statements.get(n))
-        })
-        .flatten();
+    let statement = client_statement(statements, name);
     match statement {
         Some(st) => {
             ensure_prepared(st, out, shared, period);
@@ -717,6 +759,7 @@ async fn server_side<R, W, G>(
     rx: &mut R,
     tx: &mut W,
     reader: &mut FrameReader,
+    out: &mut BytesMut,
     shared: &Shared,
     period: &Period<'_, G>,
 ) -> TxnEnd
@@ -725,13 +768,12 @@ where
     W: AsyncWrite + Unpin,
     G: NotificationGate,
 {
-    let mut out = BytesMut::with_capacity(16 * 1024);
     let mut last_status = b'I';
     loop {
-        emit_synthetic(shared, &mut out);
+        emit_synthetic(shared, out);
         let Some((tag, len)) = reader.header() else {
             if !out.is_empty() {
-                if tx.write_all(&out).await.is_err() {
+                if tx.write_all(out).await.is_err() {
                     return TxnEnd::ClientGone;
                 }
                 out.clear();
@@ -808,7 +850,7 @@ where
                         break;
                     }
                     if out.len() >= FLUSH_AT {
-                        if tx.write_all(&out).await.is_err() {
+                        if tx.write_all(out).await.is_err() {
                             return TxnEnd::ClientGone;
                         }
                         out.clear();
@@ -821,7 +863,7 @@ where
             }
         }
         if out.len() >= FLUSH_AT {
-            if tx.write_all(&out).await.is_err() {
+            if tx.write_all(out).await.is_err() {
                 return TxnEnd::ClientGone;
             }
             out.clear();
