@@ -66,6 +66,7 @@ impl Proxy {
             auth_file,
             server_key,
             clients: Default::default(),
+            tenant_clients: Default::default(),
             config: Arc::new(config),
         });
 

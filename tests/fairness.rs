@@ -154,3 +154,43 @@ async fn idle_pools_shrink_to_nothing() {
         .unwrap();
     c.batch_execute("SELECT 1").await.unwrap();
 }
+
+#[tokio::test]
+async fn per_tenant_max_clients_and_statement_timeout() {
+    let config = config();
+    tenant(&config, "f_limits").await;
+    let registry = admin("tenant_db").await;
+    registry
+        .execute(
+            "UPDATE commons.tenants SET config = '{\"max_clients\": 2, \"statement_timeout\": \"300ms\"}' WHERE id = 'f_limits'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let proxy = start_proxy(config).await;
+    let a = connect(&proxy, "alice@f_limits", "alice-pw", "")
+        .await
+        .unwrap();
+    let b = connect(&proxy, "alice@f_limits", "alice-pw", "")
+        .await
+        .unwrap();
+    let e = connect(&proxy, "alice@f_limits", "alice-pw", "")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "53300");
+    let row = a.query_one("SHOW statement_timeout", &[]).await.unwrap();
+    assert_eq!(row.get::<_, &str>(0), "300ms");
+    // The tenant's timeout survives RESET ALL: it is the connection's default.
+    a.batch_execute("RESET ALL").await.unwrap();
+    let e = a.batch_execute("SELECT pg_sleep(2)").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "57014");
+    drop(b);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            connect(&proxy, "alice@f_limits", "alice-pw", "")
+                .await
+                .is_ok()
+        })
+        .await
+    );
+}

@@ -27,6 +27,7 @@ use crate::protocol::SqlState;
 use crate::tenant::{role_password, AccessLevel, TenantId};
 
 pub use backend::{send_cancel, Backend, BackendAddr, BackendError};
+
 pub use statements::{PreparedSet, Statement, StatementCache};
 
 /// How long the reset query may take before the connection is closed instead.
@@ -44,6 +45,16 @@ pub struct PoolKey {
     pub database: String,
     /// Read-write or read-only role.
     pub access: AccessLevel,
+}
+
+/// What a tenant's settings say about its pools.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolLimits {
+    /// Largest number of connections of one pool.
+    pub size: usize,
+    /// `statement_timeout` for the tenant's new connections, set in their
+    /// startup packet (so `RESET ALL` keeps it), e.g. `30s`.
+    pub statement_timeout: Option<String>,
 }
 
 /// Why no backend could be handed out.
@@ -107,11 +118,15 @@ impl Pools {
     /// Hands out a connection of `key`'s pool, waiting in line (first come,
     /// first served, up to `query_wait_timeout`) when all `size` are busy or
     /// the global budget is spent.
-    pub async fn checkout(&self, key: &PoolKey, size: usize) -> Result<PooledBackend, PoolError> {
+    pub async fn checkout(
+        &self,
+        key: &PoolKey,
+        limits: &PoolLimits,
+    ) -> Result<PooledBackend, PoolError> {
         let pool = self.pool(key);
         let granted = {
             let mut st = lock(&pool.state);
-            st.size = size;
+            st.size = limits.size;
             self.immediate(&pool, &mut st)
         };
         let grant = match granted {
@@ -127,7 +142,7 @@ impl Pools {
         let backend = match grant {
             Grant::Backend(b) => *b,
             Grant::Slot => match self
-                .open(key, seconds(self.config.server_connect_timeout))
+                .open(key, limits, seconds(self.config.server_connect_timeout))
                 .await
             {
                 Ok(b) => b,
@@ -221,18 +236,26 @@ impl Pools {
         self.budget.open()
     }
 
-    async fn open(&self, key: &PoolKey, limit: Duration) -> Result<Backend, PoolError> {
+    async fn open(
+        &self,
+        key: &PoolKey,
+        limits: &PoolLimits,
+        limit: Duration,
+    ) -> Result<Backend, PoolError> {
         let role = key.tenant.role(key.access);
         let password = role_password(&self.backend.tenant_role_secret, &role);
         let mut search_path = vec![key.tenant.schema()];
         search_path.extend(self.backend.search_path_tail.iter().cloned());
         // `\ ` is an escaped space inside one option, so SHOW search_path
         // reads "tenant_x, commons, public" as if set with SET.
-        let options = format!(
+        let mut options = format!(
             "-c search_path={} -c app.current_tenant={}",
             search_path.join(",\\ "),
             key.tenant
         );
+        if let Some(timeout) = &limits.statement_timeout {
+            options.push_str(&format!(" -c statement_timeout={timeout}"));
+        }
         let addr = BackendAddr {
             host: self.backend.host.clone(),
             port: self.backend.port,

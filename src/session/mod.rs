@@ -21,7 +21,7 @@ use tracing::{debug, field::Empty, info_span, warn, Instrument};
 use crate::auth::{self, AuthError, Secret};
 use crate::config::{seconds, Config, PoolMode};
 use crate::net::Stream;
-use crate::pool::{PoolError, PoolKey, PooledBackend, Pools};
+use crate::pool::{PoolError, PoolKey, PoolLimits, PooledBackend, Pools};
 use crate::protocol::{
     messages, read_startup, ErrorFields, ProtocolError, SqlState, StartupPacket, StartupParams,
 };
@@ -48,6 +48,42 @@ pub struct Context {
     pub server_key: Vec<u8>,
     /// Clients connected now, against `pool.max_client_conn`.
     pub clients: std::sync::atomic::AtomicUsize,
+    /// Clients connected now per tenant, against the tenant's `config.max_clients`.
+    pub tenant_clients: dashmap::DashMap<TenantId, usize>,
+}
+
+/// Counts a client against its tenant while it is connected.
+struct TenantSlot<'a> {
+    counts: &'a dashmap::DashMap<TenantId, usize>,
+    tenant: TenantId,
+}
+
+impl<'a> TenantSlot<'a> {
+    /// Takes a place for `tenant`, unless `max` are taken.
+    fn take(
+        counts: &'a dashmap::DashMap<TenantId, usize>,
+        tenant: &TenantId,
+        max: Option<usize>,
+    ) -> Option<Self> {
+        let mut count = counts.entry(tenant.clone()).or_insert(0);
+        if max.is_some_and(|m| *count >= m) {
+            return None;
+        }
+        *count += 1;
+        Some(TenantSlot {
+            counts,
+            tenant: tenant.clone(),
+        })
+    }
+}
+
+impl Drop for TenantSlot<'_> {
+    fn drop(&mut self) {
+        self.counts.remove_if_mut(&self.tenant, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
 }
 
 /// Counts a client while it is connected.
@@ -114,9 +150,9 @@ struct Ready {
     backend: PooledBackend,
     key: (i32, i32),
     tenant: TenantId,
-    /// The pool it draws from, and that pool's size.
+    /// The pool it draws from, and the tenant's limits for it.
     pool_key: PoolKey,
-    pool_size: usize,
+    pool_limits: PoolLimits,
     /// Its settings: startup ones plus every reported parameter's value.
     settings: Vec<(String, String)>,
     /// When its backend goes back to the pool.
@@ -177,6 +213,17 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
             Ok(Ok(None)) => return,
             Ok(Err(e)) => return refuse(&mut client, e).await,
             Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
+        };
+        let Some(_tenant_slot) = TenantSlot::take(
+            &ctx.tenant_clients,
+            &authed.resolved.tenant,
+            authed.info.max_clients,
+        ) else {
+            let full = SessionError::Setting {
+                code: SqlState::TOO_MANY_CONNECTIONS,
+                message: format!("too many clients for tenant \"{}\"", authed.resolved.tenant),
+            };
+            return refuse(&mut client, full).await;
         };
         let ready = match attach(&mut client, &ctx, authed).await {
             Ok(ready) => ready,
@@ -333,8 +380,11 @@ async fn attach(
         database: resolved.database.clone(),
         access,
     };
-    let size = info.pool_size.unwrap_or(config.pool.default_pool_size);
-    let mut backend = ctx.pools.checkout(&key, size).await?;
+    let limits = PoolLimits {
+        size: info.pool_size.unwrap_or(config.pool.default_pool_size),
+        statement_timeout: info.statement_timeout.clone(),
+    };
+    let mut backend = ctx.pools.checkout(&key, &limits).await?;
     if let Err(e) = settings::apply(backend.backend(), &wanted).await {
         backend.release(&config.pool.server_reset_query).await;
         return Err(e);
@@ -376,7 +426,7 @@ async fn attach(
         key: cancel_key,
         tenant: resolved.tenant,
         pool_key: key,
-        pool_size: size,
+        pool_limits: limits,
         settings,
         mode,
     })

@@ -21,7 +21,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         key,
         tenant,
         pool_key,
-        pool_size,
+        pool_limits,
         settings: client_settings,
         ..
     } = ready;
@@ -69,7 +69,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
             }
             continue;
         }
-        let mut pooled = match ctx.pools.checkout(&pool_key, pool_size).await {
+        let mut pooled = match ctx.pools.checkout(&pool_key, &pool_limits).await {
             Ok(b) => b,
             Err(e) => break Some(ErrorFields::fatal(e.sqlstate(), e.to_string())),
         };

@@ -61,6 +61,10 @@ pub struct TenantInfo {
     pub pool_size: Option<usize>,
     /// `config.pool_mode`, overriding `pool.pool_mode`.
     pub pool_mode: Option<PoolMode>,
+    /// `config.statement_timeout` (e.g. `30s`), for its new server connections.
+    pub statement_timeout: Option<String>,
+    /// `config.max_clients`: clients of this tenant connected at once.
+    pub max_clients: Option<usize>,
 }
 
 /// A tenant user's stored credentials.
@@ -90,7 +94,8 @@ pub struct Registry {
     client: RwLock<Option<Arc<Client>>>,
 }
 
-const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size'), (config->>'pool_mode')";
+const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size'), (config->>'pool_mode'), \
+     (config->>'statement_timeout'), (config->>'max_clients')";
 
 impl Registry {
     /// Connects, loads every tenant, and keeps the cache current until
@@ -325,11 +330,28 @@ fn tenant_from_row(row: &tokio_postgres::Row) -> Option<TenantInfo> {
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0);
     let pool_mode = row.get::<_, Option<&str>>(3).and_then(PoolMode::parse);
+    // Goes into a startup packet: digits with an optional unit, nothing else.
+    let statement_timeout = row
+        .get::<_, Option<&str>>(4)
+        .filter(|t| {
+            let digits = t.trim_end_matches(|c: char| c.is_ascii_lowercase());
+            !digits.is_empty()
+                && digits.len() < 12
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && t.len() - digits.len() <= 3
+        })
+        .map(str::to_string);
+    let max_clients = row
+        .get::<_, Option<&str>>(5)
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0);
     Some(TenantInfo {
         id,
         status,
         pool_size,
         pool_mode,
+        statement_timeout,
+        max_clients,
     })
 }
 
