@@ -25,6 +25,16 @@ impl FrameReader {
         }
     }
 
+    /// Gives back memory a large message made the buffer grow to, once it
+    /// is empty, so idle clients stay small.
+    pub fn shrink_to(&mut self, capacity: usize) {
+        if self.start == self.end && self.buf.len() > capacity {
+            self.buf = vec![0; capacity];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// The unconsumed bytes.
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.start..self.end]

@@ -33,8 +33,9 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         dirty: false,
         buffers: Default::default(),
     };
-    let mut creader = FrameReader::new(8 * 1024);
-    let mut breader = FrameReader::new(16 * 1024);
+    // Small to start with: most messages are small, and idle clients are the many.
+    let mut creader = FrameReader::new(1024);
+    let mut breader = FrameReader::new(8 * 1024);
     let reset_query = &ctx.config.pool.server_reset_query;
     let client_idle_timeout = optional_seconds(ctx.config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(ctx.config.pool.idle_transaction_timeout);

@@ -38,6 +38,8 @@ pub const TRACKED_PARAMS: &[&str] = &[
 
 /// Largest Parse, Describe or Close message held whole; Bind is streamed.
 const MAX_WHOLE_MESSAGE: usize = 16 * 1024 * 1024;
+/// Largest buffer kept by a client between transactions.
+const KEEP_BUFFER: usize = 16 * 1024;
 /// Flush collected output once it is this large.
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -161,16 +163,22 @@ where
             end = server_side(brx, ctx, breader, down, &shared, period) => end,
         }
     };
+    // Buffers that a large transaction grew are given back, so idle clients stay small.
+    for buf in [&mut client.buffers.up, &mut client.buffers.down] {
+        if buf.capacity() > KEEP_BUFFER {
+            *buf = BytesMut::new();
+        }
+    }
+    creader.shrink_to(KEEP_BUFFER);
+    breader.shrink_to(KEEP_BUFFER);
     let mut expect = shared
         .expect
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
-    if end == TxnEnd::Idle {
-        client.buffers.expect = expect;
-    } else {
+    if end != TxnEnd::Idle {
         expect.clear();
-        client.buffers.expect = expect;
     }
+    client.buffers.expect = expect;
     *prepared = shared
         .prepared
         .into_inner()
