@@ -1,5 +1,6 @@
-//! Sockets: one type for a TCP or Unix-domain stream, with borrowed halves so
-//! the relay can read one direction while writing the other without locks.
+//! Sockets: one type for a TCP, Unix-domain or TLS stream, with borrowed
+//! halves so the relay can read one direction while writing the other.
+//! Handshakes and certificates are `tls`'s; this module only carries the result.
 
 use std::io;
 use std::pin::Pin;
@@ -8,6 +9,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 
+/// A client's TLS connection to the proxy.
+type ServerTlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+/// The proxy's TLS connection to PostgreSQL.
+type ClientTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
 /// A connected stream socket.
 #[derive(Debug)]
 pub enum Stream {
@@ -15,6 +21,10 @@ pub enum Stream {
     Tcp(TcpStream),
     /// Unix-domain socket.
     Unix(UnixStream),
+    /// TLS from a client, after the handshake (boxed: rustls' state is large).
+    Tls(Box<ServerTlsStream>),
+    /// TLS to PostgreSQL, after the handshake.
+    TlsClient(Box<ClientTlsStream>),
 }
 
 /// The reading half of a borrowed [`Stream`].
@@ -23,6 +33,10 @@ pub enum ReadHalf<'a> {
     Tcp(tcp::ReadHalf<'a>),
     /// Unix-domain socket.
     Unix(unix::ReadHalf<'a>),
+    /// TLS from a client.
+    Tls(tokio::io::ReadHalf<&'a mut ServerTlsStream>),
+    /// TLS to PostgreSQL.
+    TlsClient(tokio::io::ReadHalf<&'a mut ClientTlsStream>),
 }
 
 /// The writing half of a borrowed [`Stream`].
@@ -31,12 +45,32 @@ pub enum WriteHalf<'a> {
     Tcp(tcp::WriteHalf<'a>),
     /// Unix-domain socket.
     Unix(unix::WriteHalf<'a>),
+    /// TLS from a client.
+    Tls(tokio::io::WriteHalf<&'a mut ServerTlsStream>),
+    /// TLS to PostgreSQL.
+    TlsClient(tokio::io::WriteHalf<&'a mut ClientTlsStream>),
 }
 
 impl Stream {
     /// Borrows both halves at once.
+    ///
+    /// A TLS session is one state machine for both directions (a read may
+    /// have to send an alert or a key update; a write needs the same record
+    /// keys), so it cannot be cut in two like a socket. `tokio::io::split`
+    /// shares it between the halves behind a small lock that each poll holds
+    /// only for the call; the relay polls both halves from one task, so the
+    /// lock is never contended and the halves keep the same shape as the
+    /// socket ones (the relay stays generic over AsyncRead/AsyncWrite).
     pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
         match self {
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(&mut **s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+            Stream::TlsClient(s) => {
+                let (r, w) = tokio::io::split(&mut **s);
+                (ReadHalf::TlsClient(r), WriteHalf::TlsClient(w))
+            }
             Stream::Tcp(s) => {
                 let (r, w) = s.split();
                 (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
@@ -51,10 +85,14 @@ impl Stream {
     /// Reads what is already buffered without waiting: `Ok(0)` means the peer
     /// closed, `WouldBlock` means nothing is pending. Used to check idle
     /// pooled connections.
+    /// On TLS this reads the raw socket: any bytes there (an alert, a
+    /// close_notify) mean the connection is not idle, and it is dropped.
     pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.try_read(buf),
             Stream::Unix(s) => s.try_read(buf),
+            Stream::Tls(s) => s.get_ref().0.try_read(buf),
+            Stream::TlsClient(s) => s.get_ref().0.try_read(buf),
         }
     }
 
@@ -64,6 +102,21 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_nodelay(true),
             Stream::Unix(_) => Ok(()),
+            Stream::Tls(s) => s.get_ref().0.set_nodelay(true),
+            Stream::TlsClient(s) => s.get_ref().0.set_nodelay(true),
+        }
+    }
+
+    /// Whether the stream is encrypted.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_) | Stream::TlsClient(_))
+    }
+
+    /// The server name (SNI) a TLS client asked for, if any.
+    pub fn sni(&self) -> Option<&str> {
+        match self {
+            Stream::Tls(s) => s.get_ref().1.server_name(),
+            _ => None,
         }
     }
 }
@@ -79,6 +132,8 @@ macro_rules! delegate_read {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
                     Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                    Self::TlsClient(s) => Pin::new(s).poll_read(cx, buf),
                 }
             }
         }
@@ -96,6 +151,8 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
                     Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                    Self::TlsClient(s) => Pin::new(s).poll_write(cx, buf),
                 }
             }
 
@@ -103,6 +160,8 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_flush(cx),
                     Self::Unix(s) => Pin::new(s).poll_flush(cx),
+                    Self::Tls(s) => Pin::new(s).poll_flush(cx),
+                    Self::TlsClient(s) => Pin::new(s).poll_flush(cx),
                 }
             }
 
@@ -110,6 +169,8 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
                     Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                    Self::TlsClient(s) => Pin::new(s).poll_shutdown(cx),
                 }
             }
         }
