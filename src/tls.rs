@@ -129,7 +129,22 @@ pub struct ClientTls {
     mode: SslMode,
     files: TlsConfig,
     /// Swapped whole by `reload`; each handshake takes the one in force when it starts.
-    config: RwLock<Arc<rustls::ServerConfig>>,
+    config: RwLock<Arc<Loaded>>,
+}
+
+/// One load of the client-facing files.
+struct Loaded {
+    config: Arc<rustls::ServerConfig>,
+    /// `tls-server-end-point` channel binding data of the certificate shown.
+    end_point: Vec<u8>,
+}
+
+/// A client's finished handshake.
+pub struct Accepted {
+    /// The encrypted stream.
+    pub stream: tokio_rustls::server::TlsStream<TcpStream>,
+    /// Channel binding data for SCRAM-SHA-256-PLUS (RFC 5929 `tls-server-end-point`).
+    pub end_point: Vec<u8>,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -153,8 +168,9 @@ impl ClientTls {
         }))
     }
 
-    fn build(config: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
+    fn build(config: &TlsConfig) -> Result<Loaded, TlsError> {
         let certs = load_certs("client_tls_cert_file", &config.client_tls_cert_file)?;
+        let end_point = certs.first().map(|c| end_point_hash(c)).unwrap_or_default();
         let key = load_key("client_tls_key_file", &config.client_tls_key_file)?;
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -177,7 +193,10 @@ impl ClientTls {
         // Offered to clients that send ALPN (PostgreSQL 17's libpq does); a
         // client asking only for something else fails the handshake, as with PostgreSQL.
         server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-        Ok(server)
+        Ok(Loaded {
+            config: Arc::new(server),
+            end_point,
+        })
     }
 
     /// Reads the files again and uses them for handshakes from now on; on
@@ -198,16 +217,76 @@ impl ClientTls {
     /// Runs the server side of a handshake on `socket`.
     ///
     /// Not cancel safe; run it under the login timeout.
-    pub async fn accept(
-        &self,
-        socket: TcpStream,
-    ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        let config = match self.config.read() {
+    pub async fn accept(&self, socket: TcpStream) -> io::Result<Accepted> {
+        let loaded = match self.config.read() {
             Ok(c) => Arc::clone(&c),
             Err(_) => return Err(io::Error::other("TLS configuration lock poisoned")),
         };
-        TlsAcceptor::from(config).accept(socket).await
+        let stream = TlsAcceptor::from(Arc::clone(&loaded.config))
+            .accept(socket)
+            .await?;
+        Ok(Accepted {
+            stream,
+            end_point: loaded.end_point.clone(),
+        })
     }
+}
+
+/// RFC 5929 `tls-server-end-point`: the certificate's hash with the hash of
+/// its signature algorithm, SHA-256 for MD5, SHA-1 and anything not
+/// recognised (the signature algorithm is read from the DER by hand: it is
+/// the second element of the outer SEQUENCE).
+fn end_point_hash(cert: &CertificateDer<'_>) -> Vec<u8> {
+    use sha2::Digest as _;
+    const SHA384: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+    ];
+    const SHA512: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
+    ];
+    let oid = signature_oid(cert.as_ref()).unwrap_or_default();
+    if SHA384.contains(&oid) {
+        sha2::Sha384::digest(cert.as_ref()).to_vec()
+    } else if SHA512.contains(&oid) {
+        sha2::Sha512::digest(cert.as_ref()).to_vec()
+    } else {
+        sha2::Sha256::digest(cert.as_ref()).to_vec()
+    }
+}
+
+/// The signature algorithm OID of a DER certificate.
+fn signature_oid(der: &[u8]) -> Option<&[u8]> {
+    let (_, certificate, _) = der_tlv(der)?;
+    let (_, _tbs, rest) = der_tlv(certificate)?;
+    let (_, algorithm, _) = der_tlv(rest)?;
+    let (tag, oid, _) = der_tlv(algorithm)?;
+    (tag == 0x06).then_some(oid)
+}
+
+/// Splits one DER TLV off `input`: (tag, contents, rest).
+fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(n);
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        (len, rest)
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let (contents, rest) = rest.split_at(len);
+    Some((tag, contents, rest))
 }
 
 /// Accepts any server certificate (`require`), or a chain signed by the CA
@@ -425,6 +504,22 @@ pub fn server_for(host: &str, port: u16) -> Option<Arc<ServerTls>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn der_walk_survives_garbage() {
+        assert_eq!(signature_oid(&[]), None);
+        assert_eq!(signature_oid(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(signature_oid(&[0x30, 0x80]), None);
+        // SEQUENCE { SEQUENCE {}, SEQUENCE { OID 1.2.3 } }
+        let der = [
+            0x30, 0x09, 0x30, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2a, 0x03, 0x04,
+        ];
+        assert_eq!(signature_oid(&der), Some(&[0x2a, 0x03, 0x04][..]));
+        assert_eq!(
+            end_point_hash(&CertificateDer::from(der.to_vec())).len(),
+            32
+        );
+    }
 
     #[test]
     fn missing_and_bad_files_name_key_and_file() {

@@ -1,5 +1,6 @@
 //! End-to-end TLS tests with certificates made at test time (rcgen): psql and
-//! tokio-postgres (rustls) clients through the proxy, `require` and
+//! tokio-postgres (rustls) clients through the proxy (SCRAM-SHA-256-PLUS
+//! included), `require` and
 //! `disable` refusals, the tenant from the server name, client certificates,
 //! certificate reload, direct TLS, and TLS from the proxy to a PostgreSQL of
 //! this file's own that has `ssl = on`.
@@ -154,8 +155,9 @@ async fn psql_verify_full_and_tokio_postgres_over_tls() {
     let (ok, out, err) = psql(&conninfo, "alice-pw", "\\conninfo").await;
     assert!(ok, "{err}");
     assert!(out.contains("SSL connection"), "{out}");
+    // channel_binding=require: libpq insists on SCRAM-SHA-256-PLUS.
     let (ok, out, err) = psql(
-        &conninfo,
+        &format!("{conninfo} channel_binding=require"),
         "alice-pw",
         "SELECT current_setting('app.current_tenant')",
     )
@@ -168,7 +170,7 @@ async fn psql_verify_full_and_tokio_postgres_over_tls() {
     let (client, conn) = tokio_postgres::connect(
         &format!(
             "host=localhost port={} user=alice@tls_full password=alice-pw dbname=crm_db \
-             sslmode=require",
+             sslmode=require channel_binding=require",
             port(&proxy)
         ),
         tls,

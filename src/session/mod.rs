@@ -157,13 +157,19 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
     async move {
         let limit = seconds(ctx.config.listen.client_login_timeout);
         let deadline = tokio::time::Instant::now() + limit;
+        // The TLS certificate's channel binding data, once TLS is up.
+        let mut binding: Option<Vec<u8>> = None;
         let authed = loop {
-            match tokio::time::timeout_at(deadline, login(&mut client, &ctx)).await {
+            let attempt = login(&mut client, &ctx, binding.as_deref());
+            match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(Login::Done(authed))) => break authed,
                 Ok(Ok(Login::Left)) => return,
                 Ok(Ok(Login::StartTls { direct })) => {
                     match tokio::time::timeout_at(deadline, start_tls(client, &ctx, direct)).await {
-                        Ok(Some(tls)) => client = tls,
+                        Ok(Some((tls, end_point))) => {
+                            client = tls;
+                            binding = Some(end_point);
+                        }
                         Ok(None) => return,
                         Err(_) => {
                             return debug!("client_login_timeout expired in the TLS handshake")
@@ -222,12 +228,12 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// Runs the TLS handshake on a client that asked for it. `None` when it
 /// failed: that ends this connection only, and is logged, not answered
 /// (the client is not speaking the protocol in clear any more).
-async fn start_tls(client: Stream, ctx: &Context, direct: bool) -> Option<Stream> {
+async fn start_tls(client: Stream, ctx: &Context, direct: bool) -> Option<(Stream, Vec<u8>)> {
     let (Stream::Tcp(socket), Some(tls)) = (client, ctx.tls.as_ref()) else {
         return None;
     };
     match tls.accept(socket).await {
-        Ok(stream) => {
+        Ok(crate::tls::Accepted { stream, end_point }) => {
             let alpn = stream.get_ref().1.alpn_protocol();
             // As PostgreSQL: direct TLS without ALPN `postgresql` could be a
             // confused HTTPS client, so it is refused.
@@ -235,7 +241,7 @@ async fn start_tls(client: Stream, ctx: &Context, direct: bool) -> Option<Stream
                 debug!("direct TLS without ALPN postgresql; closing");
                 return None;
             }
-            Some(Stream::Tls(Box::new(stream)))
+            Some((Stream::Tls(Box::new(stream)), end_point))
         }
         Err(e) => {
             debug!(error = %e, "client TLS handshake failed");
@@ -249,8 +255,13 @@ fn tls_offered(client: &Stream, ctx: &Context) -> bool {
     matches!(client, Stream::Tcp(_)) && ctx.tls.is_some()
 }
 
-/// Startup, resolution and authentication.
-async fn login(client: &mut Stream, ctx: &Context) -> Result<Login, SessionError> {
+/// Startup, resolution and authentication. `binding`: the TLS channel
+/// binding data, which makes SCRAM-SHA-256-PLUS offered.
+async fn login(
+    client: &mut Stream,
+    ctx: &Context,
+    binding: Option<&[u8]>,
+) -> Result<Login, SessionError> {
     let config = &ctx.config;
     if let Stream::Tcp(socket) = &*client {
         if ctx.tls.is_some() {
@@ -357,6 +368,7 @@ async fn login(client: &mut Stream, ctx: &Context) -> Result<Login, SessionError
         login_name,
         secret.as_ref(),
         &ctx.server_key,
+        binding,
     )
     .await?;
     if secret.is_none() {
