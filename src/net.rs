@@ -46,9 +46,71 @@ pub enum WriteHalf<'a> {
     /// Unix-domain socket.
     Unix(unix::WriteHalf<'a>),
     /// TLS from a client.
-    Tls(tokio::io::WriteHalf<&'a mut ServerTlsStream>),
+    Tls(TlsWriteHalf<'a, ServerTlsStream>),
     /// TLS to PostgreSQL.
-    TlsClient(tokio::io::WriteHalf<&'a mut ClientTlsStream>),
+    TlsClient(TlsWriteHalf<'a, ClientTlsStream>),
+}
+
+/// The writing half of a TLS stream, writing through: a write is reported
+/// done only once its records are on the socket.
+///
+/// rustls takes plaintext into its own buffer and tokio-rustls may report a
+/// write complete while the encrypted records still wait there for a
+/// writable socket; they leave only on the next write or a flush. The relay
+/// writes whole messages with `write_all` and then waits on the other side,
+/// without flushing (a socket needs none), so under backpressure the tail of
+/// a result could sit in rustls while the client waits for it. Here a write
+/// whose records could not all be sent yet returns `Pending`, and the retry
+/// (which `write_all` makes with the same bytes) finishes the flush and
+/// reports the count taken the first time, without taking the bytes again.
+pub struct TlsWriteHalf<'a, T> {
+    half: tokio::io::WriteHalf<&'a mut T>,
+    /// Bytes taken by rustls whose records are not yet all on the socket.
+    unflushed: usize,
+}
+
+impl<'a, T> TlsWriteHalf<'a, T> {
+    /// Wraps the writing half of `tokio::io::split` on a TLS stream.
+    pub(crate) fn new(half: tokio::io::WriteHalf<&'a mut T>) -> Self {
+        TlsWriteHalf { half, unflushed: 0 }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsWriteHalf<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.unflushed > 0 {
+            return match Pin::new(&mut this.half).poll_flush(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(std::mem::take(&mut this.unflushed))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+        let n = match Pin::new(&mut this.half).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        match Pin::new(&mut this.half).poll_flush(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.unflushed = n;
+                Poll::Pending
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().half).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().half).poll_shutdown(cx)
+    }
 }
 
 impl Stream {
@@ -65,11 +127,14 @@ impl Stream {
         match self {
             Stream::Tls(s) => {
                 let (r, w) = tokio::io::split(&mut **s);
-                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+                (ReadHalf::Tls(r), WriteHalf::Tls(TlsWriteHalf::new(w)))
             }
             Stream::TlsClient(s) => {
                 let (r, w) = tokio::io::split(&mut **s);
-                (ReadHalf::TlsClient(r), WriteHalf::TlsClient(w))
+                (
+                    ReadHalf::TlsClient(r),
+                    WriteHalf::TlsClient(TlsWriteHalf::new(w)),
+                )
             }
             Stream::Tcp(s) => {
                 let (r, w) = s.split();
@@ -178,6 +243,59 @@ macro_rules! delegate_write {
 }
 
 delegate_read!(Stream);
-delegate_write!(Stream);
+
+/// Writes on a whole TLS stream (login-time messages, the proxy's own
+/// queries) also push the records out as far as the socket takes them: a
+/// stream has nowhere to keep [`TlsWriteHalf`]'s count, and these writes are
+/// small, so a socket too full to take them is not a case that arises.
+fn poll_write_tls<T: AsyncWrite + Unpin>(
+    s: &mut T,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
+    match Pin::new(&mut *s).poll_flush(cx) {
+        Poll::Ready(Ok(())) => {}
+        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+        Poll::Pending => return Poll::Pending,
+    }
+    let written = Pin::new(&mut *s).poll_write(cx, buf);
+    if matches!(written, Poll::Ready(Ok(_))) {
+        let _ = Pin::new(&mut *s).poll_flush(cx);
+    }
+    written
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => poll_write_tls(s, cx, buf),
+            Self::TlsClient(s) => poll_write_tls(s, cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+            Self::TlsClient(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Self::TlsClient(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 delegate_read!(ReadHalf<'_>);
 delegate_write!(WriteHalf<'_>);

@@ -595,3 +595,26 @@ async fn a_bad_certificate_file_stops_the_start() {
     assert!(err.contains("tls.client_tls_cert_file"), "{err}");
     assert!(err.contains("/nonexistent/server.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn a_slow_reader_gets_every_byte() {
+    let certs = Certs::new();
+    let mut config = config();
+    tenant(&config, "tls_slow").await;
+    certs.client_side(&mut config, SslMode::Require);
+    let proxy = start_proxy(config).await;
+    let conninfo = format!(
+        "host=localhost port={} user=alice@tls_slow dbname=crm_db sslmode=require",
+        port(&proxy)
+    );
+    // psql stops reading while the program sleeps, so the proxy's writes to
+    // it back up; the end of the result must still arrive.
+    let copy = "\\copy (SELECT repeat('x', 999) FROM generate_series(1, 20000)) \
+                TO PROGRAM 'sleep 2; wc -c'";
+    let run = psql(&conninfo, "alice-pw", copy);
+    let (ok, out, err) = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+        .await
+        .expect("the whole result arrives");
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().last(), Some("20000000"), "{out}");
+}
