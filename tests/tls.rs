@@ -618,3 +618,66 @@ async fn a_slow_reader_gets_every_byte() {
     assert!(ok, "{err}");
     assert_eq!(out.lines().last(), Some("20000000"), "{out}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_certificates_of_a_running_server() {
+    let certs = Certs::new();
+    let config = config();
+    tenant(&config, "tls_hup").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = &config.backend;
+    let toml = format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+         [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
+         tenant_role_secret = \"{}\"\n\
+         [tls]\nclient_tls_sslmode = \"require\"\nclient_tls_cert_file = \"server.pem\"\n\
+         client_tls_key_file = \"server-key.pem\"\n",
+        b.host, b.port, b.admin_user, b.admin_password, b.tenant_role_secret
+    );
+    // Relative file names: taken from the config file's directory.
+    std::fs::write(certs.path("pgtenant.toml"), toml).unwrap();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        .args(["--config", &certs.path("pgtenant.toml"), "serve"])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let conninfo = |ca: &str| {
+        format!(
+            "host=localhost port={port} user=alice@tls_hup dbname=crm_db \
+             sslmode=verify-full sslrootcert={}",
+            certs.path(ca)
+        )
+    };
+    let limit = std::time::Duration::from_secs(20);
+    let up = eventually(limit, || async {
+        psql(&conninfo("ca.pem"), "alice-pw", "SELECT 1").await.0
+    })
+    .await;
+    assert!(up, "the server answers over TLS");
+
+    std::fs::copy(certs.path("ca.pem"), certs.path("first-ca.pem")).unwrap();
+    certs.issue("");
+    let pid = server.id().unwrap().to_string();
+    let status = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let reloaded = eventually(limit, || async {
+        psql(&conninfo("ca.pem"), "alice-pw", "SELECT 1").await.0
+    })
+    .await;
+    assert!(reloaded, "after SIGHUP the new certificate is shown");
+    let (ok, _, _) = psql(&conninfo("first-ca.pem"), "alice-pw", "SELECT 1").await;
+    assert!(!ok, "the old CA no longer vouches for the server");
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "SIGHUP must not stop the server"
+    );
+    server.kill().await.unwrap();
+}
