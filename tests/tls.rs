@@ -224,6 +224,24 @@ async fn plain_client_against_require_gets_28000() {
 }
 
 #[tokio::test]
+async fn unix_socket_clients_are_not_asked_for_tls() {
+    let certs = Certs::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let mut config = config();
+    tenant(&config, "tls_unix").await;
+    certs.client_side(&mut config, SslMode::Require);
+    config.listen.unix_socket_dir = sockets.path().display().to_string();
+    let proxy = start_proxy(config).await;
+    let conninfo = format!(
+        "host={} port={} user=alice@tls_unix dbname=crm_db",
+        sockets.path().display(),
+        port(&proxy)
+    );
+    let (ok, out, err) = psql(&conninfo, "alice-pw", "SELECT 1").await;
+    assert!(ok && out == "1", "{out} {err}");
+}
+
+#[tokio::test]
 async fn tls_client_against_disable_is_refused_and_prefer_takes_both() {
     let certs = Certs::new();
     let config = config();
