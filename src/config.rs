@@ -350,6 +350,25 @@ pub struct PoolConfig {
     pub pool_mode: PoolMode,
     /// Pool mode per service database, e.g. `{ crm_db = "transaction" }`.
     pub database_pool_modes: std::collections::BTreeMap<String, PoolMode>,
+    /// Server connections in all, shared fairly by every pool (see
+    /// `pool::budget`); 0 for no limit. Default 0.
+    pub max_server_connections: usize,
+    /// Seconds an idle server connection is kept; idle tenants' pools shrink
+    /// to nothing. 0: forever. Default 600.
+    pub server_idle_timeout: f64,
+    /// Seconds after which an idle server connection is closed however busy
+    /// it was. 0: forever. Default 3600.
+    pub server_lifetime: f64,
+    /// Seconds a client may sit inside a transaction without sending
+    /// anything before it is disconnected (25P03), in transaction and
+    /// statement mode. 0: no limit. Default 0.
+    pub idle_transaction_timeout: f64,
+    /// Seconds a client may stay connected without sending anything while it
+    /// holds no server connection, before it is disconnected (57P05), in
+    /// transaction and statement mode. 0: no limit. Default 0.
+    pub client_idle_timeout: f64,
+    /// Most clients connected at once; more are refused with 53300. Default 10000.
+    pub max_client_conn: usize,
     /// Prepared statements kept per server connection in transaction and
     /// statement mode; the least recently used one is closed beyond it. Default 200.
     pub max_prepared_statements: usize,
@@ -389,8 +408,19 @@ impl Default for PoolConfig {
             pool_mode: PoolMode::Session,
             database_pool_modes: Default::default(),
             max_prepared_statements: 200,
+            max_server_connections: 0,
+            server_idle_timeout: 600.0,
+            server_lifetime: 3600.0,
+            idle_transaction_timeout: 0.0,
+            client_idle_timeout: 0.0,
+            max_client_conn: 10_000,
         }
     }
+}
+
+/// A timeout where 0 means none.
+pub fn optional_seconds(value: f64) -> Option<Duration> {
+    (value > 0.0).then(|| seconds(value))
 }
 
 /// Seconds from the config as a `Duration` (validation has ruled out bad values).
@@ -455,6 +485,22 @@ impl Config {
                 return Err(invalid(
                     key,
                     format!("must be a positive number of seconds, not {value}"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("pool.server_idle_timeout", self.pool.server_idle_timeout),
+            ("pool.server_lifetime", self.pool.server_lifetime),
+            (
+                "pool.idle_transaction_timeout",
+                self.pool.idle_transaction_timeout,
+            ),
+            ("pool.client_idle_timeout", self.pool.client_idle_timeout),
+        ] {
+            if !(value.is_finite() && (0.0..1e9).contains(&value)) {
+                return Err(invalid(
+                    key,
+                    format!("must be 0 or a positive number of seconds, not {value}"),
                 ));
             }
         }

@@ -75,6 +75,7 @@ impl Proxy {
             auth_file,
             server_key,
             tls: client_tls,
+            clients: Default::default(),
             config: Arc::new(config),
         });
         let backend = &context.config.backend;
@@ -117,6 +118,7 @@ impl Proxy {
             ));
             unix_path = Some(path);
         }
+        tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));
         info!(%addr, tenants = context.registry.len(), "pgtenant is accepting clients");
         Ok(Proxy {
             addr,
@@ -211,6 +213,17 @@ async fn accept_unix(
                 ));
             }
             Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+/// Closes idle server connections past `server_idle_timeout` / `server_lifetime`, once a second.
+async fn reap_idle_servers(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
+        let closed = ctx.pools.reap();
+        if closed > 0 {
+            tracing::debug!(closed, "closed idle server connections");
         }
     }
 }

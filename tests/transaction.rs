@@ -268,3 +268,74 @@ async fn pool_mode_per_tenant_from_the_registry() {
     assert_eq!(one_value(&a, "SELECT 1").await, "1");
     assert_eq!(one_value(&b, "SELECT 2").await, "2");
 }
+
+#[tokio::test]
+async fn idle_transaction_and_client_idle_timeouts() {
+    let mut config = txn_config(2);
+    config.pool.idle_transaction_timeout = 0.4;
+    config.pool.client_idle_timeout = 1.5;
+    tenant(&config, "t_timeouts").await;
+    let proxy = start_proxy(config).await;
+    // A long query inside a transaction is not idleness.
+    let busy = connect(&proxy, "alice@t_timeouts", "alice-pw", "")
+        .await
+        .unwrap();
+    busy.batch_execute("BEGIN").await.unwrap();
+    busy.batch_execute("SELECT pg_sleep(1)")
+        .await
+        .expect("a running query is not idle");
+    busy.batch_execute("COMMIT").await.unwrap();
+    // Sitting inside a transaction is.
+    let idle_tx = connect(&proxy, "alice@t_timeouts", "alice-pw", "")
+        .await
+        .unwrap();
+    idle_tx.batch_execute("BEGIN").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let e = idle_tx.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(e.is_closed() || sqlstate(&e) == "25P03", "{e}");
+    // Its connection was freed: a pool of two still serves two clients.
+    let a = connect(&proxy, "alice@t_timeouts", "alice-pw", "")
+        .await
+        .unwrap();
+    a.batch_execute("BEGIN").await.unwrap();
+    let b = connect(&proxy, "alice@t_timeouts", "alice-pw", "")
+        .await
+        .unwrap();
+    assert_eq!(one_value(&b, "SELECT 2").await, "2");
+    a.batch_execute("COMMIT").await.unwrap();
+    // A client idle between transactions past client_idle_timeout is closed.
+    let sleepy = connect(&proxy, "alice@t_timeouts", "alice-pw", "")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let e = sleepy.batch_execute("SELECT 1").await.unwrap_err();
+    assert!(e.is_closed() || sqlstate(&e) == "57P05", "{e}");
+}
+
+#[tokio::test]
+async fn max_client_conn_refuses_the_extra_client() {
+    let mut config = txn_config(2);
+    config.pool.max_client_conn = 2;
+    tenant(&config, "t_maxconn").await;
+    let proxy = start_proxy(config).await;
+    let a = connect(&proxy, "alice@t_maxconn", "alice-pw", "")
+        .await
+        .unwrap();
+    let b = connect(&proxy, "alice@t_maxconn", "alice-pw", "")
+        .await
+        .unwrap();
+    let e = connect(&proxy, "alice@t_maxconn", "alice-pw", "")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "53300");
+    drop(a);
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            connect(&proxy, "alice@t_maxconn", "alice-pw", "")
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    drop(b);
+}

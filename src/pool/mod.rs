@@ -4,19 +4,23 @@
 //! reset values: `RESET ALL` and `DISCARD ALL` bring them back, never remove them.
 //!
 //! Hand-rolled rather than bb8: the pool hands out raw sockets that the relay
-//! owns for a whole session, waits are strictly FIFO (tokio's `Semaphore` is
-//! fair) with a timeout, and releasing runs an async reset first.
+//! owns for a whole session or transaction, waits are strictly first come
+//! first served with a timeout, connections are shared fairly across pools
+//! under one global budget (`budget`), and releasing may run an async reset.
 
 pub mod backend;
+pub mod budget;
 pub mod statements;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 use tracing::debug;
+
+use budget::{lock, Budget, Grant, Pool, PoolState};
 
 use crate::config::{seconds, BackendConfig, PoolConfig};
 use crate::protocol::SqlState;
@@ -68,22 +72,11 @@ impl PoolError {
     }
 }
 
-/// One pool's state.
-struct Pool {
-    key: PoolKey,
-    /// One permit per connection the pool may have; waiters queue FIFO here.
-    permits: Arc<Semaphore>,
-    /// Current size, to grow or shrink when the tenant's setting changes.
-    size: AtomicUsize,
-    /// Clean, logged-in connections nobody uses.
-    idle: Mutex<Vec<Backend>>,
-    /// Server-side prepared statements of this pool (transaction pooling).
-    statements: Arc<StatementCache>,
-}
-
 /// All pools of this process.
 pub struct Pools {
     pools: DashMap<PoolKey, Arc<Pool>>,
+    /// The global budget of server connections.
+    budget: Arc<Budget>,
     /// Which tenant each server process this proxy opened served, kept after
     /// it closes (until its pid is reused), to attribute notifications whose
     /// sender has already gone.
@@ -97,7 +90,6 @@ pub struct Pools {
 pub struct PooledBackend {
     backend: Option<Backend>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl Pools {
@@ -105,75 +97,128 @@ impl Pools {
     pub fn new(backend: BackendConfig, config: PoolConfig) -> Pools {
         Pools {
             pools: DashMap::new(),
+            budget: Budget::new(config.max_server_connections),
             pids: DashMap::new(),
             backend,
             config,
         }
     }
 
-    /// Hands out a connection of `key`'s pool, waiting in line if all `size`
-    /// connections are busy.
+    /// Hands out a connection of `key`'s pool, waiting in line (first come,
+    /// first served, up to `query_wait_timeout`) when all `size` are busy or
+    /// the global budget is spent.
     pub async fn checkout(&self, key: &PoolKey, size: usize) -> Result<PooledBackend, PoolError> {
-        let pool = self.pool(key, size);
-        let wait = seconds(self.config.query_wait_timeout);
-        let permit = tokio::time::timeout(wait, Arc::clone(&pool.permits).acquire_owned())
-            .await
-            .map_err(|_| PoolError::WaitTimeout)?
-            .map_err(|_| PoolError::WaitTimeout)?;
-        loop {
-            let candidate = pool.idle.lock().ok().and_then(|mut idle| idle.pop());
-            match candidate {
-                Some(b) if b.is_alive() => {
-                    return Ok(PooledBackend {
-                        backend: Some(b),
-                        pool,
-                        _permit: permit,
-                    })
+        let pool = self.pool(key);
+        let granted = {
+            let mut st = lock(&pool.state);
+            st.size = size;
+            self.immediate(&pool, &mut st)
+        };
+        let grant = match granted {
+            Ok(grant) => grant,
+            Err(rx) => {
+                let wait = seconds(self.config.query_wait_timeout);
+                match tokio::time::timeout(wait, rx).await {
+                    Ok(Ok(grant)) => grant,
+                    _ => return Err(PoolError::WaitTimeout),
                 }
-                Some(_) => debug!(tenant = %key.tenant, "dropping dead idle server connection"),
-                None => break,
             }
-        }
-        let backend = self
-            .open(key, seconds(self.config.server_connect_timeout))
-            .await?;
+        };
+        let backend = match grant {
+            Grant::Backend(b) => *b,
+            Grant::Slot => match self
+                .open(key, seconds(self.config.server_connect_timeout))
+                .await
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    pool.slot_freed();
+                    return Err(e);
+                }
+            },
+        };
         Ok(PooledBackend {
             backend: Some(backend),
             pool,
-            _permit: permit,
         })
     }
 
-    /// The pool for `key`, created on first use, resized if `size` changed.
-    fn pool(&self, key: &PoolKey, size: usize) -> Arc<Pool> {
-        let pool = Arc::clone(
+    /// What can be had without waiting: an idle connection, a free slot, or
+    /// an idle connection of another pool; else a place in line.
+    fn immediate(
+        &self,
+        pool: &Arc<Pool>,
+        st: &mut PoolState,
+    ) -> Result<Grant, oneshot::Receiver<Grant>> {
+        while let Some(idle) = st.idle.pop() {
+            if idle.backend.is_alive() {
+                return Ok(Grant::Backend(Box::new(idle.backend)));
+            }
+            debug!(tenant = %pool.key.tenant, "dropping dead idle server connection");
+            st.open -= 1;
+            pool.budget.hand_on();
+        }
+        let (tx, rx) = oneshot::channel();
+        if st.open >= st.size || !st.waiters.is_empty() {
+            st.waiters.push_back(tx);
+            return Err(rx);
+        }
+        if pool.budget.try_take() || self.take_idle_elsewhere(pool) {
+            st.open += 1;
+            return Ok(Grant::Slot);
+        }
+        st.waiters.push_back(tx);
+        pool.budget.wait_for_slot(pool);
+        Err(rx)
+    }
+
+    /// Closes an idle connection of another pool so this one can open its own.
+    fn take_idle_elsewhere(&self, pool: &Arc<Pool>) -> bool {
+        self.pools
+            .iter()
+            .any(|other| !Arc::ptr_eq(other.value(), pool) && other.value().donate_idle())
+    }
+
+    /// The pool for `key`, created on first use.
+    fn pool(&self, key: &PoolKey) -> Arc<Pool> {
+        if let Some(p) = self.pools.get(key) {
+            return Arc::clone(p.value());
+        }
+        Arc::clone(
             self.pools
                 .entry(key.clone())
                 .or_insert_with(|| {
                     Arc::new(Pool {
                         key: key.clone(),
-                        permits: Arc::new(Semaphore::new(size)),
-                        size: AtomicUsize::new(size),
-                        idle: Mutex::new(Vec::new()),
+                        state: Mutex::new(PoolState {
+                            size: 1,
+                            open: 0,
+                            idle: Vec::new(),
+                            waiters: VecDeque::new(),
+                        }),
                         statements: Arc::default(),
+                        budget: Arc::clone(&self.budget),
                     })
                 })
                 .value(),
-        );
-        let current = pool.size.load(Ordering::Acquire);
-        if size > current
-            && pool
-                .size
-                .compare_exchange(current, size, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            pool.permits.add_permits(size - current);
-        } else if size < current {
-            // Shrinks by the permits free right now; the rest as they come back.
-            let forgotten = pool.permits.forget_permits(current - size);
-            pool.size.fetch_sub(forgotten, Ordering::AcqRel);
-        }
-        pool
+        )
+    }
+
+    /// Closes connections idle longer than `server_idle_timeout` or older
+    /// than `server_lifetime`, so idle tenants' pools shrink to nothing.
+    pub fn reap(&self) -> usize {
+        let now = Instant::now();
+        let idle = seconds(self.config.server_idle_timeout);
+        let age = seconds(self.config.server_lifetime);
+        self.pools
+            .iter()
+            .map(|p| p.value().reap(now, idle, age))
+            .sum()
+    }
+
+    /// Server connections open (or opening) in all pools.
+    pub fn server_connections(&self) -> usize {
+        self.budget.open()
     }
 
     async fn open(&self, key: &PoolKey, limit: Duration) -> Result<Backend, PoolError> {
@@ -242,9 +287,7 @@ impl PooledBackend {
     /// the caller has seen it idle (ReadyForQuery `I`, nothing owed).
     pub fn release_as_is(mut self) {
         if let Some(backend) = self.backend.take() {
-            if let Ok(mut idle) = self.pool.idle.lock() {
-                idle.push(backend);
-            }
+            self.pool.give_back(backend);
         }
     }
 
@@ -260,15 +303,26 @@ impl PooledBackend {
                 // DISCARD ALL / DEALLOCATE ALL drop every server statement.
                 backend.prepared.clear();
                 backend.applied.clear();
-                if let Ok(mut idle) = self.pool.idle.lock() {
-                    idle.push(backend);
-                }
+                self.pool.give_back(backend);
             }
             Ok(other) => {
                 debug!(tenant = %self.pool.key.tenant, result = ?other, "server reset failed; closing");
                 backend.close().await;
+                self.pool.slot_freed();
             }
-            Err(_) => debug!(tenant = %self.pool.key.tenant, "server reset timed out; closing"),
+            Err(_) => {
+                debug!(tenant = %self.pool.key.tenant, "server reset timed out; closing");
+                self.pool.slot_freed();
+            }
+        }
+    }
+}
+
+impl Drop for PooledBackend {
+    /// A connection not given back is closed, and its slot passed on.
+    fn drop(&mut self) {
+        if self.backend.take().is_some() {
+            self.pool.slot_freed();
         }
     }
 }

@@ -50,6 +50,17 @@ pub struct Context {
     pub server_key: Vec<u8>,
     /// TLS for clients; `None` when `client_tls_sslmode` is `disable`.
     pub tls: Option<Arc<ClientTls>>,
+    /// Clients connected now, against `pool.max_client_conn`.
+    pub clients: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a client while it is connected.
+struct ClientSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Why a session ended before the relay; each variant knows what the client sees.
@@ -155,6 +166,18 @@ impl NotificationGate for TenantGate<'_> {
 pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
     let span = info_span!("client", %peer, tenant = Empty, db = Empty, user = Empty);
     async move {
+        let connected = ctx
+            .clients
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        let _slot = ClientSlot(&ctx.clients);
+        if connected > ctx.config.pool.max_client_conn {
+            let full = SessionError::Setting {
+                code: SqlState::TOO_MANY_CONNECTIONS,
+                message: "no more connections allowed (max_client_conn)".into(),
+            };
+            return refuse(&mut client, full).await;
+        }
         let limit = seconds(ctx.config.listen.client_login_timeout);
         let deadline = tokio::time::Instant::now() + limit;
         // The TLS certificate's channel binding data, once TLS is up.

@@ -8,9 +8,9 @@ use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
 use super::frame::FrameReader;
-use super::txn::{active, answer_cached_parses, ClientState, Period, TxnEnd};
+use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
 use super::{settings, Context, Ready, TenantGate};
-use crate::config::PoolMode;
+use crate::config::{optional_seconds, PoolMode};
 use crate::net::Stream;
 use crate::protocol::{ErrorFields, SqlState};
 
@@ -35,18 +35,33 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
     let mut creader = FrameReader::new(8 * 1024);
     let mut breader = FrameReader::new(16 * 1024);
     let reset_query = &ctx.config.pool.server_reset_query;
+    let client_idle_timeout = optional_seconds(ctx.config.pool.client_idle_timeout);
+    let idle_transaction_timeout = optional_seconds(ctx.config.pool.idle_transaction_timeout);
     let failure = loop {
         // Between transactions: no server connection is held.
-        match creader.ensure(&mut client, 5).await {
+        let next = creader.ensure(&mut client, 5);
+        let got = match client_idle_timeout {
+            Some(limit) => match tokio::time::timeout(limit, next).await {
+                Ok(r) => r,
+                Err(_) => {
+                    break Some(ErrorFields::fatal(
+                        SqlState("57P05"),
+                        "client_idle_timeout: closing an idle connection",
+                    ))
+                }
+            },
+            None => next.await,
+        };
+        match got {
             Ok(true) => {}
             _ => break None,
         }
         if creader.header().map(|(tag, _)| tag) == Some(b'X') {
             break None;
         }
-        if let Some((used, reply)) =
-            answer_cached_parses(creader.buffered(), &cache, &mut state.statements)
-        {
+        let local = answer_cached_parses(creader.buffered(), &cache, &mut state.statements)
+            .or_else(|| answer_deallocate(creader.buffered(), &mut state.statements));
+        if let Some((used, reply)) = local {
             creader.consume(used);
             if client.write_all(&reply).await.is_err() {
                 break None;
@@ -76,6 +91,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
             cache: &cache,
             max_prepared: ctx.config.pool.max_prepared_statements,
             gate: &gate,
+            idle_transaction_timeout,
         };
         let end = {
             let (mut crx, mut ctx_w) = client.split();
@@ -123,6 +139,13 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
                 break Some(ErrorFields::fatal(
                     SqlState::CONNECTION_FAILURE,
                     "server connection lost",
+                ));
+            }
+            TxnEnd::IdleTransactionTimeout => {
+                drop(pooled);
+                break Some(ErrorFields::fatal(
+                    SqlState("25P03"),
+                    "idle_transaction_timeout: closing a connection idle inside a transaction",
                 ));
             }
             TxnEnd::TransactionInStatementMode => {

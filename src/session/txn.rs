@@ -58,6 +58,8 @@ pub enum TxnEnd {
     BackendCorrupt,
     /// Statement mode and the client opened a transaction block.
     TransactionInStatementMode,
+    /// The client sat inside a transaction longer than `idle_transaction_timeout`.
+    IdleTransactionTimeout,
 }
 
 /// What one client keeps across connections.
@@ -82,6 +84,8 @@ struct Shared {
     params: Mutex<Vec<(String, String)>>,
     /// Statements whose Parse went to the server this period, by id.
     issued: Mutex<HashMap<u64, Arc<Statement>>>,
+    /// The last ReadyForQuery said the connection is inside a transaction.
+    in_transaction: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,6 +105,8 @@ pub struct Period<'a, G> {
     pub max_prepared: usize,
     /// Filters notifications from other tenants.
     pub gate: &'a G,
+    /// `pool.idle_transaction_timeout`, if set.
+    pub idle_transaction_timeout: Option<std::time::Duration>,
 }
 
 /// Relays from the client's next message until the connection is idle again.
@@ -132,6 +138,7 @@ where
         dirty: AtomicBool::new(false),
         params: Mutex::new(Vec::new()),
         issued: Mutex::new(HashMap::new()),
+        in_transaction: AtomicBool::new(false),
     };
     let end = {
         let statements = &mut client.statements;
@@ -183,7 +190,25 @@ where
             }
             shared.client_busy.store(false, Ordering::Release);
             shared.wake.notify_one();
-            match reader.ensure(rx, 5).await {
+            // Only a client inside a transaction can be waited on here (an
+            // idle one ends the period); it gets idle_transaction_timeout.
+            let got = loop {
+                let Some(limit) = period.idle_transaction_timeout else {
+                    break reader.ensure(rx, 5).await;
+                };
+                match tokio::time::timeout(limit, reader.ensure(rx, 5)).await {
+                    Ok(r) => break r,
+                    // Idle inside a transaction, with nothing owed by the server.
+                    Err(_)
+                        if shared.in_transaction.load(Ordering::Acquire)
+                            && lock(&shared.expect).is_idle() =>
+                    {
+                        return TxnEnd::IdleTransactionTimeout
+                    }
+                    Err(_) => {}
+                }
+            };
+            match got {
                 Ok(true) => {}
                 _ => return TxnEnd::ClientGone,
             }
@@ -262,8 +287,12 @@ where
                         Ok(true) => {}
                         _ => return TxnEnd::ClientGone,
                     }
-                    if leaves_session_state(&reader.buffered()[5..total]) {
+                    let sql = &reader.buffered()[5..total];
+                    if leaves_session_state(sql) {
                         shared.dirty.store(true, Ordering::Release);
+                        if discards_statements(sql) {
+                            statements.clear();
+                        }
                     }
                 }
                 if let Some(r) = request {
@@ -417,6 +446,104 @@ pub fn answer_cached_parses(
     reply.put_u32(5);
     reply.put_u8(b'I');
     Some((pos, reply))
+}
+
+/// Whether a query is `DISCARD ALL` or `DISCARD PLANS`-like, which drops the
+/// client's prepared statements.
+fn discards_statements(sql: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(sql).to_ascii_lowercase();
+    let mut words = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty());
+    words.next() == Some("discard") && matches!(words.next(), Some("all"))
+}
+
+/// What a client's `DEALLOCATE` asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Deallocate {
+    All,
+    One(String),
+}
+
+/// Recognises a simple query that is exactly one `DEALLOCATE [PREPARE] name|ALL`.
+fn parse_deallocate(sql: &[u8]) -> Option<Deallocate> {
+    let text = std::str::from_utf8(sql)
+        .ok()?
+        .trim()
+        .trim_end_matches(';')
+        .trim();
+    let mut words = text.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("deallocate") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("prepare") {
+        name = words.next()?;
+    }
+    if words.next().is_some() {
+        return None;
+    }
+    if name.eq_ignore_ascii_case("all") {
+        return Some(Deallocate::All);
+    }
+    // PostgreSQL folds unquoted names to lower case.
+    match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+        Some(quoted) if !quoted.contains('"') => Some(Deallocate::One(quoted.to_string())),
+        Some(_) => None,
+        None if name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') => {
+            Some(Deallocate::One(name.to_ascii_lowercase()))
+        }
+        None => None,
+    }
+}
+
+/// Answers a client's `DEALLOCATE` between transactions: its statements are
+/// the client's names for shared server statements, so they are forgotten
+/// here and the server's stay for other clients. An unknown name gets the
+/// error PostgreSQL gives (26000). Returns the bytes used and the reply.
+pub fn answer_deallocate(
+    buffered: &[u8],
+    statements: &mut HashMap<String, Arc<Statement>>,
+) -> Option<(usize, BytesMut)> {
+    let header = buffered.get(..5)?;
+    if header[0] != b'Q' {
+        return None;
+    }
+    let total = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize + 1;
+    let sql = buffered.get(5..total)?.strip_suffix(b"\0")?;
+    let command = parse_deallocate(sql)?;
+    let mut reply = BytesMut::with_capacity(64);
+    let known = match &command {
+        Deallocate::All => {
+            statements.clear();
+            true
+        }
+        Deallocate::One(name) => statements.remove(name).is_some(),
+    };
+    if known {
+        let tag: &[u8] = match command {
+            Deallocate::All => b"DEALLOCATE ALL\0",
+            Deallocate::One(_) => b"DEALLOCATE\0",
+        };
+        reply.put_u8(b'C');
+        reply.put_u32((4 + tag.len()) as u32);
+        reply.put_slice(tag);
+    } else {
+        let name = match &command {
+            Deallocate::One(n) => n.as_str(),
+            Deallocate::All => "",
+        };
+        crate::protocol::ErrorFields {
+            severity: crate::protocol::Severity::Error,
+            code: crate::protocol::SqlState("26000"),
+            message: format!("prepared statement \"{name}\" does not exist"),
+        }
+        .encode(&mut reply);
+    }
+    reply.put_u8(b'Z');
+    reply.put_u32(5);
+    reply.put_u8(b'I');
+    Some((total, reply))
 }
 
 /// Splits a C string off `buf`.
@@ -644,6 +771,9 @@ where
                 let deliver = match tag {
                     b'Z' => {
                         last_status = msg.get(5).copied().unwrap_or(b'?');
+                        shared
+                            .in_transaction
+                            .store(last_status != b'I', Ordering::Release);
                         true
                     }
                     b'S' => {
@@ -717,5 +847,31 @@ fn record_param(shared: &Shared, body: &[u8]) {
     };
     if TRACKED_PARAMS.contains(&name) {
         lock(&shared.params).push((name.to_string(), value.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deallocate_forms() {
+        assert_eq!(parse_deallocate(b"DEALLOCATE ALL"), Some(Deallocate::All));
+        assert_eq!(
+            parse_deallocate(b" deallocate prepare all ; "),
+            Some(Deallocate::All)
+        );
+        assert_eq!(
+            parse_deallocate(b"DEALLOCATE S_1"),
+            Some(Deallocate::One("s_1".into()))
+        );
+        assert_eq!(
+            parse_deallocate(b"DEALLOCATE \"S_1\""),
+            Some(Deallocate::One("S_1".into()))
+        );
+        assert_eq!(parse_deallocate(b"DEALLOCATE a; SELECT 1"), None);
+        assert_eq!(parse_deallocate(b"SELECT 1"), None);
+        assert!(discards_statements(b"DISCARD ALL"));
+        assert!(!discards_statements(b"DISCARD TEMP"));
     }
 }
