@@ -59,6 +59,114 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Provisioning: where migrations live.
     pub provision: ProvisionConfig,
+    /// TLS towards clients and towards PostgreSQL.
+    pub tls: TlsConfig,
+}
+
+/// PgBouncer's `*_tls_sslmode` values, with libpq's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// No TLS: clients' SSLRequest is answered `N`; servers are not asked.
+    Disable,
+    /// Clients: TLS offered, plain accepted. Servers: plain (no SSLRequest sent).
+    Allow,
+    /// Clients: TLS offered, plain accepted. Servers: TLS when the server offers it.
+    Prefer,
+    /// TLS or nothing; certificates are not checked.
+    Require,
+    /// TLS with a certificate signed by the configured CA (clients must present one).
+    VerifyCa,
+    /// As `verify-ca`; servers' certificates must also name the host connected to.
+    VerifyFull,
+}
+
+/// `[tls]`: TLS, with PgBouncer's key names. Files are read at start and again
+/// on SIGHUP (existing connections keep the certificates they started with);
+/// the modes themselves take effect at start only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// TLS for clients. Default `disable`. `require` and above refuse plain
+    /// TCP clients (Unix-socket clients are never asked for TLS).
+    pub client_tls_sslmode: SslMode,
+    /// PEM certificate chain the proxy shows clients. Needed unless `disable`.
+    pub client_tls_cert_file: String,
+    /// PEM private key of `client_tls_cert_file`.
+    pub client_tls_key_file: String,
+    /// PEM CA certificates that sign client certificates; needed for `verify-ca`/`verify-full`.
+    pub client_tls_ca_file: String,
+    /// TLS towards PostgreSQL. Default `disable` (PgBouncer's is `prefer`).
+    pub server_tls_sslmode: SslMode,
+    /// PEM CA certificates that sign the server's; needed for `verify-ca`/`verify-full`.
+    pub server_tls_ca_file: String,
+    /// Optional PEM client certificate the proxy presents to PostgreSQL.
+    pub server_tls_cert_file: String,
+    /// Private key of `server_tls_cert_file`.
+    pub server_tls_key_file: String,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            client_tls_sslmode: SslMode::Disable,
+            client_tls_cert_file: String::new(),
+            client_tls_key_file: String::new(),
+            client_tls_ca_file: String::new(),
+            server_tls_sslmode: SslMode::Disable,
+            server_tls_ca_file: String::new(),
+            server_tls_cert_file: String::new(),
+            server_tls_key_file: String::new(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Checks that each mode has the files it needs (their contents are checked
+    /// when they are loaded).
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let client = self.client_tls_sslmode;
+        if client != SslMode::Disable {
+            for (key, value) in [
+                ("tls.client_tls_cert_file", &self.client_tls_cert_file),
+                ("tls.client_tls_key_file", &self.client_tls_key_file),
+            ] {
+                if value.is_empty() {
+                    return Err((key, "needed when client_tls_sslmode is not disable".into()));
+                }
+            }
+        }
+        if client >= SslMode::VerifyCa && self.client_tls_ca_file.is_empty() {
+            return Err((
+                "tls.client_tls_ca_file",
+                "needed when client_tls_sslmode is verify-ca or verify-full".into(),
+            ));
+        }
+        if self.server_tls_sslmode >= SslMode::VerifyCa && self.server_tls_ca_file.is_empty() {
+            return Err((
+                "tls.server_tls_ca_file",
+                "needed when server_tls_sslmode is verify-ca or verify-full".into(),
+            ));
+        }
+        if self.server_tls_cert_file.is_empty() != self.server_tls_key_file.is_empty() {
+            return Err((
+                "tls.server_tls_key_file",
+                "server_tls_cert_file and server_tls_key_file go together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn files_mut(&mut self) -> [&mut String; 6] {
+        [
+            &mut self.client_tls_cert_file,
+            &mut self.client_tls_key_file,
+            &mut self.client_tls_ca_file,
+            &mut self.server_tls_ca_file,
+            &mut self.server_tls_cert_file,
+            &mut self.server_tls_key_file,
+        ]
+    }
 }
 
 /// `[provision]`: tenant provisioning.
@@ -188,6 +296,8 @@ pub enum TenantSource {
     Options,
     /// The database name is the tenant id.
     Database,
+    /// The TLS server name (SNI) less `tenants.sni_suffix`: `acme.db.example.com` names `acme`.
+    Sni,
 }
 
 /// `[tenants]`: tenant resolution and registry.
@@ -200,6 +310,9 @@ pub struct TenantsConfig {
     pub user_separators: Vec<char>,
     /// Service database used when the database name itself names the tenant. Default: the first of `backend.databases`.
     pub default_database: String,
+    /// Domain suffix stripped from the TLS server name to give the tenant, e.g.
+    /// `.db.example.com`; a name without it names no tenant. Needed for the `sni` source.
+    pub sni_suffix: String,
 }
 
 impl Default for TenantsConfig {
@@ -212,6 +325,7 @@ impl Default for TenantsConfig {
             ],
             user_separators: vec!['@', '.'],
             default_database: String::new(),
+            sni_suffix: String::new(),
         }
     }
 }
@@ -339,10 +453,13 @@ impl Config {
     }
 
     fn resolve_relative_paths(&mut self, dir: &Path) {
-        if !self.auth.auth_file.is_empty() {
-            let p = PathBuf::from(&self.auth.auth_file);
-            if p.is_relative() {
-                self.auth.auth_file = dir.join(p).display().to_string();
+        let tls = self.tls.files_mut();
+        for file in std::iter::once(&mut self.auth.auth_file).chain(tls) {
+            if !file.is_empty() {
+                let p = PathBuf::from(&*file);
+                if p.is_relative() {
+                    *file = dir.join(p).display().to_string();
+                }
             }
         }
     }
@@ -458,6 +575,23 @@ impl Config {
                 "name at least one source".into(),
             ));
         }
+        if self.tenants.sources.contains(&TenantSource::Sni) {
+            if self.tenants.sni_suffix.is_empty() {
+                return Err(invalid(
+                    "tenants.sni_suffix",
+                    "needed when tenants.sources has sni".into(),
+                ));
+            }
+            if self.tls.client_tls_sslmode == SslMode::Disable {
+                return Err(invalid(
+                    "tenants.sources",
+                    "sni needs tls.client_tls_sslmode other than disable".into(),
+                ));
+            }
+        }
+        self.tls
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if self.tenants.default_database.is_empty() {
             self.tenants.default_database = self.backend.databases[0].clone();
         } else if !self
@@ -528,6 +662,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("backend.databases"), "{err}");
+    }
+
+    #[test]
+    fn tls_needs_its_files() {
+        let err = Config::parse("[tls]\nclient_tls_sslmode = \"require\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.client_tls_cert_file"), "{err}");
+        let err = Config::parse("[tls]\nserver_tls_sslmode = \"verify-full\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls.server_tls_ca_file"), "{err}");
+        let err = Config::parse("[tls]\nclient_tls_sslmode = \"sometimes\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("[tenants]\nsources = [\"sni\"]\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenants.sni_suffix"), "{err}");
+        let c = Config::parse(
+            "[tls]\nclient_tls_sslmode = \"verify-full\"\nclient_tls_cert_file = \"a\"\n\
+             client_tls_key_file = \"b\"\nclient_tls_ca_file = \"c\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(c.tls.client_tls_sslmode, SslMode::VerifyFull);
     }
 
     #[test]

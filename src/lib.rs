@@ -5,7 +5,8 @@
 //! PostgreSQL already confines to the tenant. The modules, bottom up:
 //!
 //! - [`protocol`]: framing and the few messages the proxy reads or writes.
-//! - [`net`]: TCP and Unix sockets behind one type.
+//! - [`net`]: TCP, Unix and TLS streams behind one type.
+//! - [`tls`]: certificates, handshakes and their reload (rustls), both sides.
 //! - [`config`]: the TOML configuration, validated.
 //! - [`auth`]: client authentication (SCRAM-SHA-256, md5, trust) and secrets.
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
@@ -26,3 +27,4 @@ pub mod provision;
 pub mod server;
 pub mod session;
 pub mod tenant;
+pub mod tls;

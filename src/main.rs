@@ -504,17 +504,26 @@ async fn serve(config: Config) -> Result<()> {
         bail!("listen.addr needs a port");
     }
     let proxy = Proxy::start(config).await?;
-    wait_for_signal().await?;
+    wait_for_signal(&proxy).await?;
     proxy.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
+/// Waits for SIGINT or SIGTERM; SIGHUP meanwhile reloads the TLS files
+/// (nothing else reloads yet).
+async fn wait_for_signal(proxy: &Proxy) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => { r?; break; }
+            _ = term.recv() => break,
+            _ = hup.recv() => match proxy.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS reload failed; keeping the certificates in force"),
+            },
+        }
     }
     tracing::info!("shutting down");
     Ok(())

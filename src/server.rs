@@ -18,6 +18,7 @@ use crate::net::Stream;
 use crate::pool::Pools;
 use crate::session::{self, CancelMap, Context};
 use crate::tenant::{role_password, Registry, RegistryError};
+use crate::tls::{self, ClientTls, ServerTls, TlsError};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,9 @@ pub enum ServeError {
     /// The auth file is unreadable or malformed.
     #[error(transparent)]
     AuthFile(#[from] AuthFileError),
+    /// A TLS certificate, key or CA file is missing or malformed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A started proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -45,11 +49,16 @@ pub struct Proxy {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     context: Arc<Context>,
+    /// TLS towards PostgreSQL, kept here to reload it.
+    server_tls: Option<Arc<ServerTls>>,
 }
 
 impl Proxy {
     /// Loads the registry, binds the listeners and starts accepting clients.
     pub async fn start(config: Config) -> Result<Proxy, ServeError> {
+        // Certificates first: a bad file should stop the start before anything connects.
+        let client_tls = ClientTls::load(&config.tls)?.map(Arc::new);
+        let server_tls = ServerTls::load(&config.tls)?.map(Arc::new);
         let shutdown = CancellationToken::new();
         let registry = Registry::start(&config.backend, shutdown.child_token()).await?;
         let auth_file = if config.auth.auth_file.is_empty() {
@@ -65,10 +74,13 @@ impl Proxy {
             cancels: CancelMap::default(),
             auth_file,
             server_key,
+            tls: client_tls,
             clients: Default::default(),
             tenant_clients: Default::default(),
             config: Arc::new(config),
         });
+        let backend = &context.config.backend;
+        tls::register_server(&backend.host, backend.port, server_tls.clone());
 
         let listen = &context.config.listen;
         let tcp = TcpListener::bind(listen.addr)
@@ -115,7 +127,21 @@ impl Proxy {
             shutdown,
             tracker,
             context,
+            server_tls,
         })
+    }
+
+    /// Reads the TLS certificate, key and CA files again, both sides; new
+    /// handshakes use them, open connections keep theirs. On error the
+    /// certificates in force stay and the error is returned.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        if let Some(tls) = &self.context.tls {
+            tls.reload()?;
+        }
+        if let Some(tls) = &self.server_tls {
+            tls.reload()?;
+        }
+        Ok(())
     }
 
     /// The TCP address clients connect to.

@@ -53,6 +53,8 @@ impl AuthError {
 
 /// Runs the authentication exchange for `user` (shown in errors) with the
 /// stored `secret` (`None`: unknown user). `server_key` keys the mock secrets.
+/// `channel_binding`: the TLS connection's `tls-server-end-point` data, which
+/// makes SCRAM-SHA-256-PLUS offered; `None` on plain connections.
 /// Sends nothing on success: the caller sends AuthenticationOk once the rest
 /// of the login is done.
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
@@ -61,6 +63,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     user: &str,
     secret: Option<&Secret>,
     server_key: &[u8],
+    channel_binding: Option<&[u8]>,
 ) -> Result<(), AuthError> {
     let mut buf = BytesMut::with_capacity(256);
     match method {
@@ -85,14 +88,20 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             let verifier = verifier.unwrap_or_else(|| ScramVerifier::mock(user, server_key));
             let mut server = ScramServer::new(verifier, known);
 
-            messages::auth_sasl_scram(&mut buf);
+            match channel_binding {
+                Some(_) => messages::auth_sasl_scram_plus(&mut buf),
+                None => messages::auth_sasl_scram(&mut buf),
+            }
             stream.write_all(&buf).await.map_err(ProtocolError::from)?;
             let initial = read_password_message(stream).await?;
             let mut body = &initial[..];
             let mechanism = take_cstr(&mut body)?;
-            if mechanism != "SCRAM-SHA-256" {
-                return Err(AuthError::Mechanism(mechanism));
-            }
+            let plus = match mechanism.as_str() {
+                "SCRAM-SHA-256" => false,
+                "SCRAM-SHA-256-PLUS" if channel_binding.is_some() => true,
+                _ => return Err(AuthError::Mechanism(mechanism)),
+            };
+            server.channel_binding(channel_binding.map(<[u8]>::to_vec), plus);
             let len = take_i32(&mut body)?;
             if usize::try_from(len).ok() != Some(body.len()) {
                 return Err(
@@ -122,6 +131,9 @@ fn scram_failure(e: ScramError, user: &str) -> AuthError {
     match e {
         ScramError::WrongPassword => AuthError::Failed(user.to_string()),
         ScramError::ChannelBindingUnsupported => AuthError::Mechanism("SCRAM-SHA-256-PLUS".into()),
+        ScramError::ChannelBindingNegotiation => AuthError::Protocol(ProtocolError::Malformed(
+            "SCRAM channel binding negotiation error",
+        )),
         _ => AuthError::Protocol(ProtocolError::Malformed("invalid SCRAM message")),
     }
 }

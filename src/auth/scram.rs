@@ -2,6 +2,8 @@
 //! speaks it, as a pure state machine: it consumes the client's messages
 //! (already unwrapped from `SASLInitialResponse` / `SASLResponse`) and produces
 //! the bodies of `AuthenticationSASLContinue` / `AuthenticationSASLFinal`.
+//! Over TLS it also does SCRAM-SHA-256-PLUS with `tls-server-end-point`
+//! channel binding (RFC 5929), given the binding data by the caller.
 //! No I/O happens here.
 
 use base64::engine::general_purpose::STANDARD;
@@ -19,9 +21,15 @@ pub enum ScramError {
     /// A client message did not follow the SCRAM grammar (or was not UTF-8).
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    /// The client asked for channel binding (`p=` gs2 flag), which is not supported.
+    /// The client asked for channel binding (`p=` gs2 flag) that is not
+    /// offered: no TLS, or a type other than `tls-server-end-point`.
     #[error("SCRAM channel binding is not supported")]
     ChannelBindingUnsupported,
+    /// The gs2 flag contradicts the mechanism or what the server offered:
+    /// `y` when SCRAM-SHA-256-PLUS was offered (a downgrade), `p=` without
+    /// choosing PLUS, or PLUS without `p=`.
+    #[error("SCRAM channel binding negotiation error")]
+    ChannelBindingNegotiation,
     /// The client-final `c=` attribute does not match the client-first gs2 header.
     #[error("SCRAM channel binding data does not match")]
     ChannelBindingMismatch,
@@ -41,7 +49,8 @@ enum State {
     Initial,
     /// Server-first sent; waiting for client-final-message.
     SentFirst {
-        gs2_header: String,
+        /// What `c=` must decode to: the gs2 header, plus the binding data under `p=`.
+        cbind_expected: Vec<u8>,
         client_first_bare: String,
         server_first: String,
         nonce: String,
@@ -55,6 +64,10 @@ pub struct ScramServer {
     verifier: ScramVerifier,
     known: bool,
     state: State,
+    /// `tls-server-end-point` data when the connection is TLS (PLUS offered).
+    binding: Option<Vec<u8>>,
+    /// Whether the client chose SCRAM-SHA-256-PLUS.
+    plus: bool,
 }
 
 impl ScramServer {
@@ -68,7 +81,17 @@ impl ScramServer {
             verifier,
             known,
             state: State::Initial,
+            binding: None,
+            plus: false,
         }
+    }
+
+    /// Says what channel binding this exchange has: `binding` is the
+    /// `tls-server-end-point` data when SCRAM-SHA-256-PLUS was offered (the
+    /// connection is TLS), `plus` whether the client chose it.
+    pub fn channel_binding(&mut self, binding: Option<Vec<u8>>, plus: bool) {
+        self.binding = binding;
+        self.plus = plus;
     }
 
     /// Handles the client-first-message, i.e. the body of the client's
@@ -101,11 +124,24 @@ impl ScramServer {
         let (flag, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Malformed("missing gs2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBindingUnsupported),
+        let bound = match (flag, self.plus, &self.binding) {
+            ("n", false, _) | ("y", false, None) => None,
+            // The client saw no PLUS although it was offered: a downgrade.
+            ("y", false, Some(_)) => return Err(ScramError::ChannelBindingNegotiation),
+            ("p=tls-server-end-point", true, Some(data)) => Some(data.clone()),
+            (f, true, Some(_)) if f.starts_with("p=") => {
+                return Err(ScramError::ChannelBindingUnsupported)
+            }
+            (f, false, None) if f.starts_with("p=") => {
+                return Err(ScramError::ChannelBindingUnsupported)
+            }
+            (f, false, Some(_)) if f.starts_with("p=") => {
+                return Err(ScramError::ChannelBindingNegotiation)
+            }
+            ("n" | "y", true, _) => return Err(ScramError::ChannelBindingNegotiation),
+            (_, true, None) => return Err(ScramError::ChannelBindingUnsupported),
             _ => return Err(ScramError::Malformed("invalid channel binding flag")),
-        }
+        };
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(ScramError::Malformed("missing gs2 header"))?;
@@ -151,8 +187,10 @@ impl ScramServer {
             self.verifier.iterations
         );
         let out = server_first.clone().into_bytes();
+        let mut cbind_expected = gs2_header.as_bytes().to_vec();
+        cbind_expected.extend(bound.unwrap_or_default());
         self.state = State::SentFirst {
-            gs2_header: gs2_header.to_owned(),
+            cbind_expected,
             client_first_bare: bare.to_owned(),
             server_first,
             nonce,
@@ -167,14 +205,14 @@ impl ScramServer {
     /// nonce matches exactly, and the proof (in constant time). A wrong proof,
     /// or any proof for an unknown user, gives [`ScramError::WrongPassword`].
     pub fn client_final(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
-        let (gs2_header, client_first_bare, server_first, nonce) =
+        let (cbind_expected, client_first_bare, server_first, nonce) =
             match std::mem::replace(&mut self.state, State::Done) {
                 State::SentFirst {
-                    gs2_header,
+                    cbind_expected,
                     client_first_bare,
                     server_first,
                     nonce,
-                } => (gs2_header, client_first_bare, server_first, nonce),
+                } => (cbind_expected, client_first_bare, server_first, nonce),
                 _ => return Err(ScramError::OutOfOrder),
             };
         let msg = std::str::from_utf8(msg).map_err(|_| ScramError::Malformed("not UTF-8"))?;
@@ -200,7 +238,7 @@ impl ScramServer {
         let cbind = STANDARD
             .decode(cbind)
             .map_err(|_| ScramError::Malformed("channel binding is not base64"))?;
-        if cbind != gs2_header.as_bytes() {
+        if !ct_eq(&cbind, &cbind_expected) {
             return Err(ScramError::ChannelBindingMismatch);
         }
         if got_nonce != nonce {
@@ -297,6 +335,57 @@ mod tests {
         assert_eq!(
             exchange(v, true, "wrong horse", ChannelBinding::unsupported()),
             Err(ScramError::WrongPassword)
+        );
+    }
+
+    fn exchange_bound(
+        binding: Option<&[u8]>,
+        plus: bool,
+        cb: ChannelBinding,
+    ) -> Result<(), ScramError> {
+        let mut client = ScramSha256::new(b"pw", cb);
+        let mut server = ScramServer::new(pg_verifier("pw"), true);
+        server.channel_binding(binding.map(<[u8]>::to_vec), plus);
+        let first = server.client_first(client.message())?;
+        client.update(&first).unwrap();
+        let fin = server.client_final(client.message())?;
+        client.finish(&fin).expect("client accepts server-final");
+        Ok(())
+    }
+
+    #[test]
+    fn channel_binding() {
+        let data = b"end point hash".to_vec();
+        let tsep = || ChannelBinding::tls_server_end_point(data.clone());
+        assert_eq!(exchange_bound(Some(&data), true, tsep()), Ok(()));
+        // Another connection's certificate hash does not bind.
+        assert_eq!(
+            exchange_bound(Some(b"another hash"), true, tsep()),
+            Err(ScramError::ChannelBindingMismatch)
+        );
+        // Offered over TLS but not chosen: "n" is fine, "y" is a downgrade.
+        let unsupported = ChannelBinding::unsupported;
+        assert_eq!(exchange_bound(Some(&data), false, unsupported()), Ok(()));
+        assert_eq!(
+            exchange_bound(Some(&data), false, ChannelBinding::unrequested()),
+            Err(ScramError::ChannelBindingNegotiation)
+        );
+        // p= without choosing PLUS, PLUS without p=, PLUS without TLS.
+        assert_eq!(
+            exchange_bound(Some(&data), false, tsep()),
+            Err(ScramError::ChannelBindingNegotiation)
+        );
+        assert_eq!(
+            exchange_bound(Some(&data), true, unsupported()),
+            Err(ScramError::ChannelBindingNegotiation)
+        );
+        assert_eq!(
+            exchange_bound(None, true, tsep()),
+            Err(ScramError::ChannelBindingUnsupported)
+        );
+        assert_eq!(
+            exchange_bound(None, false, tsep()),
+            Err(ScramError::ChannelBindingUnsupported)
         );
     }
 

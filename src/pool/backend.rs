@@ -91,6 +91,9 @@ impl Backend {
         password: &str,
     ) -> Result<Backend, BackendError> {
         let mut stream = addr.connect().await?;
+        if let Some(tls) = crate::tls::server_for(&addr.host, addr.port) {
+            stream = tls.upgrade(stream, &addr.host).await?;
+        }
         let mut buf = BytesMut::with_capacity(256);
         messages::startup_message(&mut buf, startup);
         stream.write_all(&buf).await?;

@@ -35,6 +35,11 @@ pub fn auth_sasl_scram(buf: &mut BytesMut) {
     auth(buf, 10, b"SCRAM-SHA-256\0\0");
 }
 
+/// AuthenticationSASL offering SCRAM-SHA-256-PLUS first, then SCRAM-SHA-256 (over TLS).
+pub fn auth_sasl_scram_plus(buf: &mut BytesMut) {
+    auth(buf, 10, b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0");
+}
+
 /// AuthenticationSASLContinue.
 pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
     auth(buf, 11, data);

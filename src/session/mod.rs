@@ -1,6 +1,7 @@
-//! One client's life: pre-startup requests, the startup packet, tenant
-//! resolution, authentication, backend checkout, the relay, and release.
-//! Pools, auth exchanges and the registry are used, not owned, here.
+//! One client's life: pre-startup requests (SSLRequest and direct TLS
+//! included), the startup packet, tenant resolution, authentication, backend
+//! checkout, the relay, and release. Pools, auth exchanges, the registry and
+//! TLS certificates are used, not owned, here.
 
 pub mod cancel;
 pub mod expect;
@@ -19,7 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tracing::{debug, field::Empty, info_span, warn, Instrument};
 
 use crate::auth::{self, AuthError, Secret};
-use crate::config::{seconds, Config, PoolMode};
+use crate::config::{seconds, Config, PoolMode, SslMode};
 use crate::net::Stream;
 use crate::pool::{PoolError, PoolKey, PoolLimits, PooledBackend, Pools};
 use crate::protocol::{
@@ -28,6 +29,7 @@ use crate::protocol::{
 use crate::tenant::{
     self, AccessLevel, Registry, RegistryError, ResolveError, TenantId, TenantStatus,
 };
+use crate::tls::{ClientTls, ALPN_POSTGRESQL};
 
 pub use cancel::CancelMap;
 use relay::{relay, NotificationGate, RelayEnd, RelayState};
@@ -46,6 +48,8 @@ pub struct Context {
     pub auth_file: HashMap<String, Secret>,
     /// Keys the mock secrets of unknown users.
     pub server_key: Vec<u8>,
+    /// TLS for clients; `None` when `client_tls_sslmode` is `disable`.
+    pub tls: Option<Arc<ClientTls>>,
     /// Clients connected now, against `pool.max_client_conn`.
     pub clients: std::sync::atomic::AtomicUsize,
     /// Clients connected now per tenant, against the tenant's `config.max_clients`.
@@ -118,6 +122,8 @@ enum SessionError {
     Setting { code: SqlState, message: String },
     #[error("client_login_timeout expired before startup finished")]
     LoginTimeout,
+    #[error("SSL required")]
+    SslRequired,
 }
 
 impl SessionError {
@@ -132,6 +138,7 @@ impl SessionError {
             Self::Pool(e) => e.sqlstate(),
             Self::Setting { code, .. } => *code,
             Self::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
+            Self::SslRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
         };
         // Internals (hosts, server messages at login) stay in the log.
         let message = match self {
@@ -208,11 +215,29 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
             return refuse(&mut client, full).await;
         }
         let limit = seconds(ctx.config.listen.client_login_timeout);
-        let authed = match tokio::time::timeout(limit, login(&mut client, &ctx)).await {
-            Ok(Ok(Some(authed))) => authed,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => return refuse(&mut client, e).await,
-            Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
+        let deadline = tokio::time::Instant::now() + limit;
+        // The TLS certificate's channel binding data, once TLS is up.
+        let mut binding: Option<Vec<u8>> = None;
+        let authed = loop {
+            let attempt = login(&mut client, &ctx, binding.as_deref());
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(Login::Done(authed))) => break authed,
+                Ok(Ok(Login::Left)) => return,
+                Ok(Ok(Login::StartTls { direct })) => {
+                    match tokio::time::timeout_at(deadline, start_tls(client, &ctx, direct)).await {
+                        Ok(Some((tls, end_point))) => {
+                            client = tls;
+                            binding = Some(end_point);
+                        }
+                        Ok(None) => return,
+                        Err(_) => {
+                            return debug!("client_login_timeout expired in the TLS handshake")
+                        }
+                    }
+                }
+                Ok(Err(e)) => return refuse(&mut client, e).await,
+                Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
+            }
         };
         let Some(_tenant_slot) = TenantSlot::take(
             &ctx.tenant_clients,
@@ -241,7 +266,10 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
 async fn refuse(client: &mut Stream, error: SessionError) {
     match &error {
         SessionError::Protocol(ProtocolError::Closed) => debug!("client left during login"),
-        SessionError::Auth(_) | SessionError::Resolve(_) | SessionError::UnknownTenant(_) => {
+        SessionError::Auth(_)
+        | SessionError::Resolve(_)
+        | SessionError::UnknownTenant(_)
+        | SessionError::SslRequired => {
             debug!(error = %error, "login refused")
         }
         _ => warn!(error = %error, "login failed"),
@@ -252,18 +280,89 @@ async fn refuse(client: &mut Stream, error: SessionError) {
     let _ = client.shutdown().await;
 }
 
-/// Startup, resolution, authentication and checkout. `None`: the connection
-/// was a cancel request, or the client left.
-async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Authenticated>, SessionError> {
+/// How far `login` got.
+enum Login {
+    /// Authenticated.
+    Done(Authenticated),
+    /// A cancel request was served, or the client left.
+    Left,
+    /// The client wants TLS: after an SSLRequest (answered `S`), or at once
+    /// (`direct`, PostgreSQL 17's `sslnegotiation=direct`). Login starts over
+    /// on the encrypted stream.
+    StartTls { direct: bool },
+}
+
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Runs the TLS handshake on a client that asked for it. `None` when it
+/// failed: that ends this connection only, and is logged, not answered
+/// (the client is not speaking the protocol in clear any more).
+async fn start_tls(client: Stream, ctx: &Context, direct: bool) -> Option<(Stream, Vec<u8>)> {
+    let (Stream::Tcp(socket), Some(tls)) = (client, ctx.tls.as_ref()) else {
+        return None;
+    };
+    match tls.accept(socket).await {
+        Ok(crate::tls::Accepted { stream, end_point }) => {
+            let alpn = stream.get_ref().1.alpn_protocol();
+            // As PostgreSQL: direct TLS without ALPN `postgresql` could be a
+            // confused HTTPS client, so it is refused.
+            if direct && alpn != Some(ALPN_POSTGRESQL) {
+                debug!("direct TLS without ALPN postgresql; closing");
+                return None;
+            }
+            Some((Stream::Tls(Box::new(stream)), end_point))
+        }
+        Err(e) => {
+            debug!(error = %e, "client TLS handshake failed");
+            None
+        }
+    }
+}
+
+/// Whether this plain connection may still switch to TLS.
+fn tls_offered(client: &Stream, ctx: &Context) -> bool {
+    matches!(client, Stream::Tcp(_)) && ctx.tls.is_some()
+}
+
+/// Startup, resolution and authentication. `binding`: the TLS channel
+/// binding data, which makes SCRAM-SHA-256-PLUS offered.
+async fn login(
+    client: &mut Stream,
+    ctx: &Context,
+    binding: Option<&[u8]>,
+) -> Result<Login, SessionError> {
     let config = &ctx.config;
+    if let Stream::Tcp(socket) = &*client {
+        if ctx.tls.is_some() {
+            let mut first = [0u8; 1];
+            let n = socket.peek(&mut first).await.map_err(ProtocolError::from)?;
+            if n == 1 && first[0] == TLS_HANDSHAKE_RECORD {
+                return Ok(Login::StartTls { direct: true });
+            }
+        }
+    }
     let (minor, mut params) = loop {
         match read_startup(client, config.listen.max_startup_packet).await? {
+            StartupPacket::SslRequest if tls_offered(client, ctx) => {
+                client.write_all(b"S").await.map_err(ProtocolError::from)?;
+                return Ok(Login::StartTls { direct: false });
+            }
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 client.write_all(b"N").await.map_err(ProtocolError::from)?;
             }
             StartupPacket::CancelRequest { pid, secret } => {
                 ctx.cancels.cancel((pid, secret)).await;
-                return Ok(None);
+                return Ok(Login::Left);
+            }
+            StartupPacket::Startup { .. }
+                if tls_offered(client, ctx)
+                    && ctx
+                        .tls
+                        .as_ref()
+                        .is_some_and(|t| t.mode() >= SslMode::Require) =>
+            {
+                return Err(SessionError::SslRequired)
             }
             StartupPacket::Startup {
                 major: 3,
@@ -297,9 +396,13 @@ async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Authenticate
         ));
     }
 
-    let resolved = tenant::resolve(&params, &config.tenants, &config.backend.databases, &|t| {
-        ctx.registry.is_registered(t)
-    })?;
+    let resolved = tenant::resolve(
+        &params,
+        client.sni(),
+        &config.tenants,
+        &config.backend.databases,
+        &|t| ctx.registry.is_registered(t),
+    )?;
     let span = tracing::Span::current();
     span.record("tenant", resolved.tenant.as_str());
     span.record("db", resolved.database.as_str());
@@ -335,6 +438,7 @@ async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Authenticate
         login_name,
         secret.as_ref(),
         &ctx.server_key,
+        binding,
     )
     .await?;
     if secret.is_none() {
@@ -342,7 +446,7 @@ async fn login(client: &mut Stream, ctx: &Context) -> Result<Option<Authenticate
         return Err(AuthError::Failed(resolved.user.clone()).into());
     }
 
-    Ok(Some(Authenticated {
+    Ok(Login::Done(Authenticated {
         resolved,
         info,
         access,

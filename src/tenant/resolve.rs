@@ -1,5 +1,6 @@
 //! Tenant resolution: turns a startup packet's `user`, `database` and
-//! `options` into a tenant, a bare user name and a service database.
+//! `options`, and the TLS server name (SNI), into a tenant, a bare user name
+//! and a service database.
 //! Does not authenticate (see `auth`) and does not check the tenant's status
 //! (see `registry`); it only asks whether a name is a registered tenant.
 
@@ -76,10 +77,12 @@ struct ParsedOptions {
     settings: Vec<(String, String)>,
 }
 
-/// Resolves the tenant of a startup packet. `databases` are the service
-/// databases; `registered` says whether a tenant id is in the registry.
+/// Resolves the tenant of a startup packet. `sni` is the server name a TLS
+/// client asked for; `databases` are the service databases; `registered`
+/// says whether a tenant id is in the registry.
 pub fn resolve(
     params: &StartupParams,
+    sni: Option<&str>,
     config: &TenantsConfig,
     databases: &[String],
     registered: &dyn Fn(&str) -> bool,
@@ -95,8 +98,12 @@ pub fn resolve(
         .filter(|d| !d.is_empty() && *d != raw_user);
     let db_candidate = database.filter(|d| !databases.iter().any(|s| s == d));
     let mut user_candidate = split_user(raw_user, &config.user_separators);
+    let sni_candidate = sni
+        .filter(|_| config.sources.contains(&TenantSource::Sni))
+        .and_then(|host| sni_tenant(host, &config.sni_suffix));
 
     let strong_named = options.tenant.is_some()
+        || sni_candidate.is_some()
         || (config.sources.contains(&TenantSource::Database) && db_candidate.is_some());
     if let Some((_, tenant)) = user_candidate {
         // A user name that merely contains a separator ("first.last") does not
@@ -112,6 +119,7 @@ pub fn resolve(
             TenantSource::User => user_candidate.map(|(_, t)| t),
             TenantSource::Options => options.tenant.as_deref(),
             TenantSource::Database => db_candidate,
+            TenantSource::Sni => sni_candidate.as_deref(),
         };
         let Some(candidate) = candidate else { continue };
         match chosen {
@@ -146,6 +154,20 @@ pub fn resolve(
         database,
         settings: options.settings,
     })
+}
+
+/// The tenant a TLS server name names: the name less `suffix` (compared
+/// without regard to case, as DNS does), or `None` when it lacks the suffix.
+fn sni_tenant(host: &str, suffix: &str) -> Option<String> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let suffix = suffix.to_ascii_lowercase();
+    if suffix.is_empty() {
+        return None;
+    }
+    let tenant = host.strip_suffix(suffix.as_str())?;
+    // A suffix given without its leading dot still splits at a label.
+    let tenant = tenant.strip_suffix('.').unwrap_or(tenant);
+    (!tenant.is_empty()).then(|| tenant.to_string())
 }
 
 /// Splits `name<sep>tenant` at the last separator; both parts must be non-empty.
@@ -239,9 +261,78 @@ mod tests {
             ..Default::default()
         };
         let dbs = vec!["crm_db".to_string(), "product_db".to_string()];
-        resolve(&params(pairs), &config, &dbs, &|t| {
+        resolve(&params(pairs), None, &config, &dbs, &|t| {
             t == "acme" || t == "globex"
         })
+    }
+
+    fn run_sni(pairs: &[(&str, &str)], sni: &str) -> Result<Resolved, ResolveError> {
+        let config = TenantsConfig {
+            default_database: "crm_db".into(),
+            sources: vec![
+                TenantSource::Sni,
+                TenantSource::User,
+                TenantSource::Options,
+                TenantSource::Database,
+            ],
+            sni_suffix: ".db.example.com".into(),
+            ..Default::default()
+        };
+        let dbs = vec!["crm_db".to_string()];
+        resolve(&params(pairs), Some(sni), &config, &dbs, &|t| {
+            t == "acme" || t == "globex"
+        })
+    }
+
+    #[test]
+    fn sni_names_the_tenant() {
+        let r = run_sni(&[("user", "alice")], "acme.db.example.com").unwrap();
+        assert_eq!((r.tenant.as_str(), r.user.as_str()), ("acme", "alice"));
+        let r = run_sni(&[("user", "alice")], "ACME.DB.Example.com.").unwrap();
+        assert_eq!(r.tenant.as_str(), "acme");
+        // Agreeing sources are fine; a dotted user name is not a tenant here.
+        let r = run_sni(&[("user", "alice@acme")], "acme.db.example.com").unwrap();
+        assert_eq!((r.tenant.as_str(), r.user.as_str()), ("acme", "alice"));
+        let r = run_sni(&[("user", "first.last")], "globex.db.example.com").unwrap();
+        assert_eq!(
+            (r.tenant.as_str(), r.user.as_str()),
+            ("globex", "first.last")
+        );
+        // A name without the suffix names nothing.
+        let e = run_sni(&[("user", "alice")], "acme.example.org").unwrap_err();
+        assert_eq!(e, ResolveError::NoTenant);
+        let e = run_sni(&[("user", "alice")], "db.example.com").unwrap_err();
+        assert_eq!(e, ResolveError::NoTenant);
+        let r = run_sni(&[("user", "alice@acme")], "localhost").unwrap();
+        assert_eq!(r.tenant.as_str(), "acme");
+        // Not consulted unless listed.
+        let config = TenantsConfig {
+            sni_suffix: ".db.example.com".into(),
+            default_database: "crm_db".into(),
+            ..Default::default()
+        };
+        let e = resolve(
+            &params(&[("user", "alice")]),
+            Some("acme.db.example.com"),
+            &config,
+            &["crm_db".to_string()],
+            &|_| true,
+        )
+        .unwrap_err();
+        assert_eq!(e, ResolveError::NoTenant);
+    }
+
+    #[test]
+    fn sni_disagreeing_with_another_source_is_refused() {
+        for pairs in [
+            &[("user", "alice@globex")][..],
+            &[("user", "alice"), ("options", "-c tenant=globex")][..],
+            &[("user", "alice"), ("database", "globex")][..],
+        ] {
+            let e = run_sni(pairs, "acme.db.example.com").unwrap_err();
+            assert!(matches!(e, ResolveError::Conflict(..)), "{pairs:?}: {e:?}");
+            assert_eq!(e.sqlstate().code(), "28000");
+        }
     }
 
     #[test]
