@@ -18,7 +18,7 @@ use crate::net::Stream;
 use crate::pool::Pools;
 use crate::session::{self, CancelMap, Context};
 use crate::tenant::{role_password, Registry, RegistryError};
-use crate::tls::{self, ClientTls, ServerTls, TlsError};
+use crate::tls::{ClientTls, ServerTls, TlsError};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,11 @@ impl Proxy {
         let server_key =
             role_password(&config.backend.tenant_role_secret, "pgtenant mock secrets").into_bytes();
         let context = Arc::new(Context {
-            pools: Pools::new(config.backend.clone(), config.pool.clone()),
+            pools: Pools::new(
+                config.backend.clone(),
+                config.pool.clone(),
+                server_tls.clone(),
+            ),
             registry,
             cancels: CancelMap::default(),
             auth_file,
@@ -79,8 +83,6 @@ impl Proxy {
             tenant_clients: Default::default(),
             config: Arc::new(config),
         });
-        let backend = &context.config.backend;
-        tls::register_server(&backend.host, backend.port, server_tls.clone());
 
         let listen = &context.config.listen;
         let tcp = TcpListener::bind(listen.addr)

@@ -9,7 +9,6 @@
 //! name belong to `session` and `tenant`; this module owns certificates,
 //! verification and the handshakes themselves.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -468,37 +467,6 @@ impl ServerTls {
         let tls = TlsConnector::from(config).connect(name, tcp).await?;
         Ok(Stream::TlsClient(Box::new(tls)))
     }
-}
-
-/// Server-side TLS by backend (host, port).
-type ServerTable = RwLock<HashMap<(String, u16), Arc<ServerTls>>>;
-
-/// Server-side TLS per backend address, for `pool::Backend::connect`.
-///
-/// A process-wide table rather than a handle in the pools: the pools build
-/// backend addresses from `[backend]` alone, and this keeps the server-side
-/// TLS change out of them. Keyed by address so proxies in one process (the
-/// tests start many) pointing at different clusters do not see each other's.
-fn server_table() -> &'static ServerTable {
-    static TABLE: OnceLock<ServerTable> = OnceLock::new();
-    TABLE.get_or_init(Default::default)
-}
-
-/// Makes connections to `host:port` use `tls` (or plain text with `None`).
-pub fn register_server(host: &str, port: u16, tls: Option<Arc<ServerTls>>) {
-    if let Ok(mut table) = server_table().write() {
-        let key = (host.to_string(), port);
-        match tls {
-            Some(tls) => table.insert(key, tls),
-            None => table.remove(&key),
-        };
-    }
-}
-
-/// The server-side TLS registered for `host:port`, if any.
-pub fn server_for(host: &str, port: u16) -> Option<Arc<ServerTls>> {
-    let table = server_table().read().ok()?;
-    table.get(&(host.to_string(), port)).cloned()
 }
 
 #[cfg(test)]

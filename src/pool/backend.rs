@@ -84,14 +84,16 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Opens a connection and logs in with `startup` parameters.
+    /// Opens a connection (over TLS when `tls` is given) and logs in with
+    /// `startup` parameters.
     pub async fn connect(
         addr: &BackendAddr,
+        tls: Option<&crate::tls::ServerTls>,
         startup: &[(&str, &str)],
         password: &str,
     ) -> Result<Backend, BackendError> {
         let mut stream = addr.connect().await?;
-        if let Some(tls) = crate::tls::server_for(&addr.host, addr.port) {
+        if let Some(tls) = tls {
             stream = tls.upgrade(stream, &addr.host).await?;
         }
         let mut buf = BytesMut::with_capacity(256);

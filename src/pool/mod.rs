@@ -25,6 +25,7 @@ use budget::{lock, Budget, Grant, Pool, PoolState};
 use crate::config::{seconds, BackendConfig, PoolConfig};
 use crate::protocol::SqlState;
 use crate::tenant::{role_password, AccessLevel, TenantId};
+use crate::tls::ServerTls;
 
 pub use backend::{send_cancel, Backend, BackendAddr, BackendError};
 
@@ -86,6 +87,8 @@ impl PoolError {
 /// All pools of this process.
 pub struct Pools {
     pools: DashMap<PoolKey, Arc<Pool>>,
+    /// TLS toward the servers, when `server_tls_sslmode` asks for it.
+    server_tls: Option<Arc<ServerTls>>,
     /// The global budget of server connections.
     budget: Arc<Budget>,
     /// Which tenant each server process this proxy opened served, kept after
@@ -105,9 +108,14 @@ pub struct PooledBackend {
 
 impl Pools {
     /// Empty pools for a backend cluster.
-    pub fn new(backend: BackendConfig, config: PoolConfig) -> Pools {
+    pub fn new(
+        backend: BackendConfig,
+        config: PoolConfig,
+        server_tls: Option<Arc<ServerTls>>,
+    ) -> Pools {
         Pools {
             pools: DashMap::new(),
+            server_tls,
             budget: Budget::new(config.max_server_connections),
             pids: DashMap::new(),
             backend,
@@ -265,10 +273,13 @@ impl Pools {
             ("database", key.database.as_str()),
             ("options", options.as_str()),
         ];
-        let backend = tokio::time::timeout(limit, Backend::connect(&addr, &startup, &password))
-            .await
-            .map_err(|_| PoolError::ConnectTimeout)?
-            .map_err(PoolError::from)?;
+        let backend = tokio::time::timeout(
+            limit,
+            Backend::connect(&addr, self.server_tls.as_deref(), &startup, &password),
+        )
+        .await
+        .map_err(|_| PoolError::ConnectTimeout)?
+        .map_err(PoolError::from)?;
         if self.pids.len() >= MAX_REMEMBERED_PIDS {
             self.pids.clear();
         }

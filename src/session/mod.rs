@@ -221,7 +221,7 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
         let authed = loop {
             let attempt = login(&mut client, &ctx, binding.as_deref());
             match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(Login::Done(authed))) => break authed,
+                Ok(Ok(Login::Done(authed))) => break *authed,
                 Ok(Ok(Login::Left)) => return,
                 Ok(Ok(Login::StartTls { direct })) => {
                     match tokio::time::timeout_at(deadline, start_tls(client, &ctx, direct)).await {
@@ -282,8 +282,8 @@ async fn refuse(client: &mut Stream, error: SessionError) {
 
 /// How far `login` got.
 enum Login {
-    /// Authenticated.
-    Done(Authenticated),
+    /// Authenticated (boxed: it is far larger than the other outcomes).
+    Done(Box<Authenticated>),
     /// A cancel request was served, or the client left.
     Left,
     /// The client wants TLS: after an SSLRequest (answered `S`), or at once
@@ -446,12 +446,12 @@ async fn login(
         return Err(AuthError::Failed(resolved.user.clone()).into());
     }
 
-    Ok(Login::Done(Authenticated {
+    Ok(Login::Done(Box::new(Authenticated {
         resolved,
         info,
         access,
         wanted,
-    }))
+    })))
 }
 
 /// A client that has proved who it is and has no backend yet.
