@@ -13,7 +13,7 @@ use super::statements::PreparedSet;
 use crate::net::Stream;
 use crate::protocol::error::parse_error_body;
 use crate::protocol::framing::{read_message, ProtocolError};
-use crate::protocol::{messages, tag};
+use crate::protocol::{messages, tag, FrameReader};
 
 /// Largest message the proxy reads itself from a server during login and reset.
 const MAX_SERVER_MESSAGE: usize = 1 << 20;
@@ -78,6 +78,13 @@ pub struct Backend {
     pub opened: Instant,
     /// Statements of the pool's cache prepared on this connection (transaction pooling).
     pub prepared: PreparedSet,
+    /// Read buffer and output buffers of the transaction-pooling relay: they
+    /// belong to the connection, not the client, so idle clients hold none.
+    pub reader: FrameReader,
+    /// Client-to-server output of the transaction-pooling relay.
+    pub up: BytesMut,
+    /// Server-to-client output of the transaction-pooling relay.
+    pub down: BytesMut,
     /// Settings the proxy set for a client that the server does not report
     /// (e.g. `statement_timeout`), so the next client can be given its own.
     pub applied: Vec<(String, String)>,
@@ -112,6 +119,9 @@ impl Backend {
             params: Vec::new(),
             opened: Instant::now(),
             prepared: PreparedSet::default(),
+            reader: FrameReader::new(8 * 1024),
+            up: BytesMut::new(),
+            down: BytesMut::new(),
             applied: Vec::new(),
         };
         loop {

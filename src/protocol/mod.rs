@@ -7,10 +7,12 @@
 pub mod error;
 pub mod framing;
 pub mod messages;
+pub mod reader;
 pub mod startup;
 
 pub use error::{ErrorFields, Severity, SqlState};
 pub use framing::{read_message, Message, ProtocolError};
+pub use reader::FrameReader;
 pub use startup::{read_startup, StartupPacket, StartupParams};
 
 /// Message type bytes the proxy looks at.

@@ -5,7 +5,6 @@
 
 pub mod cancel;
 pub mod expect;
-pub mod frame;
 mod pooled;
 pub mod relay;
 mod settings;

@@ -7,11 +7,11 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
-use super::frame::FrameReader;
 use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
 use super::{settings, Context, Ready, TenantGate};
 use crate::config::{optional_seconds, PoolMode};
 use crate::net::Stream;
+use crate::protocol::FrameReader;
 use crate::protocol::{ErrorFields, SqlState};
 
 /// Serves a logged-in client in `mode` until it leaves.
@@ -31,11 +31,10 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         statements: Default::default(),
         params: client_settings,
         dirty: false,
-        buffers: Default::default(),
+        expect: Default::default(),
     };
-    // Small to start with: most messages are small, and idle clients are the many.
+    // Small: most messages are small, and idle clients are the many.
     let mut creader = FrameReader::new(1024);
-    let mut breader = FrameReader::new(8 * 1024);
     let reset_query = &ctx.config.pool.server_reset_query;
     let client_idle_timeout = optional_seconds(ctx.config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(ctx.config.pool.idle_transaction_timeout);
@@ -97,17 +96,11 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         };
         let end = {
             let (mut crx, mut ctx_w) = client.split();
-            let backend = pooled.backend();
-            let (mut brx, mut btx) = backend.stream.split();
-            let prepared = &mut backend.prepared;
             active(
                 &mut crx,
                 &mut ctx_w,
                 &mut creader,
-                &mut brx,
-                &mut btx,
-                &mut breader,
-                prepared,
+                pooled.backend(),
                 &mut state,
                 &period,
             )

@@ -20,11 +20,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use super::expect::{Expect, Expectations, Request, CLOSE_COMPLETE, PARSE_COMPLETE};
-use super::frame::FrameReader;
 use super::relay::NotificationGate;
 use super::state::leaves_session_state;
 use crate::config::PoolMode;
-use crate::pool::{PreparedSet, Statement, StatementCache};
+use crate::pool::{Backend, PreparedSet, Statement, StatementCache};
+use crate::protocol::FrameReader;
 
 /// Parameters that follow a client from connection to connection.
 pub const TRACKED_PARAMS: &[&str] = &[
@@ -72,17 +72,10 @@ pub struct ClientState {
     pub params: Vec<(String, String)>,
     /// The client ran something that leaves session state on the connection.
     pub dirty: bool,
-    /// Output buffers and the owed-response queue, kept between periods so
-    /// a transaction allocates nothing of its own.
-    pub buffers: Buffers,
-}
-
-/// Buffers reused by every active period of one client.
-#[derive(Default)]
-pub struct Buffers {
-    up: BytesMut,
-    down: BytesMut,
-    expect: Expectations,
+    /// The owed-response queue, kept between periods so a transaction
+    /// allocates nothing of its own (output buffers belong to the server
+    /// connection, so idle clients hold none).
+    pub expect: Expectations,
 }
 
 /// State both directions share during one active period.
@@ -124,27 +117,29 @@ pub struct Period<'a, G> {
 
 /// Relays from the client's next message until the connection is idle again.
 /// `creader` holds at least that message's header.
-#[allow(clippy::too_many_arguments)]
-pub async fn active<CR, CW, BR, BW, G>(
+pub async fn active<CR, CW, G>(
     crx: &mut CR,
     ctx: &mut CW,
     creader: &mut FrameReader,
-    brx: &mut BR,
-    btx: &mut BW,
-    breader: &mut FrameReader,
-    prepared: &mut PreparedSet,
+    backend: &mut Backend,
     client: &mut ClientState,
     period: &Period<'_, G>,
 ) -> TxnEnd
 where
     CR: AsyncRead + Unpin,
     CW: AsyncWrite + Unpin,
-    BR: AsyncRead + Unpin,
-    BW: AsyncWrite + Unpin,
     G: NotificationGate,
 {
+    let Backend {
+        stream,
+        reader: breader,
+        up,
+        down,
+        prepared,
+        ..
+    } = backend;
     let shared = Shared {
-        expect: Mutex::new(std::mem::take(&mut client.buffers.expect)),
+        expect: Mutex::new(std::mem::take(&mut client.expect)),
         prepared: Mutex::new(std::mem::take(prepared)),
         client_busy: AtomicBool::new(true),
         wake: Notify::new(),
@@ -155,21 +150,21 @@ where
     };
     let end = {
         let statements = &mut client.statements;
-        let (up, down) = (&mut client.buffers.up, &mut client.buffers.down);
+        let (mut brx, mut btx) = stream.split();
         up.clear();
         down.clear();
         tokio::select! {
-            end = client_side(crx, btx, creader, up, &shared, statements, period) => end,
-            end = server_side(brx, ctx, breader, down, &shared, period) => end,
+            end = client_side(crx, &mut btx, creader, up, &shared, statements, period) => end,
+            end = server_side(&mut brx, ctx, breader, down, &shared, period) => end,
         }
     };
-    // Buffers that a large transaction grew are given back, so idle clients stay small.
-    for buf in [&mut client.buffers.up, &mut client.buffers.down] {
+    // Buffers that a large transaction grew are given back.
+    for buf in [&mut *up, &mut *down] {
         if buf.capacity() > KEEP_BUFFER {
             *buf = BytesMut::new();
         }
     }
-    creader.shrink_to(KEEP_BUFFER);
+    creader.shrink_to(1024);
     breader.shrink_to(KEEP_BUFFER);
     let mut expect = shared
         .expect
@@ -178,7 +173,7 @@ where
     if end != TxnEnd::Idle {
         expect.clear();
     }
-    client.buffers.expect = expect;
+    client.expect = expect;
     *prepared = shared
         .prepared
         .into_inner()

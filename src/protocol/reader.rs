@@ -14,6 +14,16 @@ pub struct FrameReader {
     end: usize,
 }
 
+impl std::fmt::Debug for FrameReader {
+    /// Sizes only: the bytes may be anyone's data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameReader")
+            .field("capacity", &self.buf.len())
+            .field("buffered", &(self.end - self.start))
+            .finish()
+    }
+}
+
 impl FrameReader {
     /// A reader with `capacity` bytes of buffer (it grows only for whole
     /// messages the proxy must see at once).
