@@ -139,10 +139,19 @@ fn main() -> anyhow::Result<()> {
         .arg(&bdir)
         .status()?;
     let bouncer = Guard(
+        // runuser starts from the login limits: raise the soft fd limit to the hard one.
         Command::new("runuser")
-            .args(["-u", "postgres", "--", "pgbouncer"])
+            .args([
+                "-u",
+                "postgres",
+                "--",
+                "sh",
+                "-c",
+                "ulimit -n \"$(ulimit -Hn)\"; exec pgbouncer \"$0\"",
+            ])
             .arg(bdir.join("pgbouncer.ini"))
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()?,
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -215,7 +224,7 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for {pid}"))
 }
 
-/// PgBouncer runs as a child of `runuser`: its own pid.
+/// PgBouncer runs as a child of `runuser` (its shell execs it): its own pid.
 fn bouncer_pid(parent: u32) -> Option<u32> {
     let out = Command::new("pgrep")
         .args(["-P", &parent.to_string()])
