@@ -6,17 +6,7 @@
 mod common;
 
 use common::*;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
-
-async fn one_value(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.expect(sql);
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
-            _ => None,
-        })
-        .expect("a row")
-}
+use tokio_postgres::NoTls;
 
 #[tokio::test]
 async fn user_at_tenant_lands_in_its_schema() {

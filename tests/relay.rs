@@ -8,17 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
-
-async fn one_value(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.expect(sql);
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
-            _ => None,
-        })
-        .expect("a row")
-}
+use tokio_postgres::{AsyncMessage, NoTls};
 
 #[tokio::test]
 async fn extended_protocol_and_large_results() {
@@ -110,24 +100,7 @@ async fn notices_and_notifications_are_relayed() {
     let config = config();
     tenant(&config, "r_notify").await;
     let proxy = start_proxy(config).await;
-    let addr = proxy.local_addr();
-    let (listener, mut conn) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=alice@r_notify password=alice-pw dbname=crm_db",
-            addr.ip(),
-            addr.port()
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            let _ = tx.send(m);
-        }
-    });
+    let (listener, mut rx) = listen(&proxy, "alice@r_notify").await;
     listener.batch_execute("LISTEN events").await.unwrap();
     listener
         .batch_execute("DO $$ BEGIN RAISE NOTICE 'hello from the tenant'; END $$")
@@ -463,21 +436,10 @@ async fn notifications_never_cross_tenants() {
     tenant(&config, "r_chan_a").await;
     tenant(&config, "r_chan_b").await;
     let proxy = start_proxy(config).await;
-    let addr = proxy.local_addr();
-    let (listener, mut conn) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user=alice@r_chan_a password=alice-pw dbname=crm_db",
-            addr.ip(),
-            addr.port()
-        ),
-        NoTls,
-    )
-    .await
-    .unwrap();
+    let (listener, mut messages) = listen(&proxy, "alice@r_chan_a").await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
+        while let Some(m) = messages.recv().await {
             if let AsyncMessage::Notification(n) = m {
                 let _ = tx.send(n.payload().to_string());
             }
@@ -538,4 +500,34 @@ async fn notifications_never_cross_tenants() {
     }
     got.sort();
     assert_eq!(got, vec!["from a", "from admin", "from myself"]);
+}
+
+/// A client of `user` through the proxy whose notices and notifications
+/// arrive on the returned channel.
+async fn listen(
+    proxy: &pgtenant::server::Proxy,
+    user: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<AsyncMessage>,
+) {
+    let addr = proxy.local_addr();
+    let (client, mut conn) = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user={user} password=alice-pw dbname=crm_db",
+            addr.ip(),
+            addr.port()
+        ),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            let _ = tx.send(m);
+        }
+    });
+    (client, rx)
 }

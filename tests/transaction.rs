@@ -13,16 +13,6 @@ use common::*;
 use pgtenant::config::{Config, PoolMode};
 use tokio_postgres::SimpleQueryMessage;
 
-async fn one_value(client: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = client.simple_query(sql).await.expect(sql);
-    rows.iter()
-        .find_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
-            _ => None,
-        })
-        .expect("a row")
-}
-
 fn txn_config(pool_size: usize) -> Config {
     let mut config = config();
     config.pool.pool_mode = PoolMode::Transaction;
