@@ -44,13 +44,7 @@ pub async fn read_message<R: AsyncRead + Unpin>(
     max_len: usize,
 ) -> Result<Message, ProtocolError> {
     let mut header = [0u8; 5];
-    match reader.read_exact(&mut header).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(ProtocolError::Closed)
-        }
-        Err(e) => return Err(e.into()),
-    }
+    read_exact_or_closed(reader, &mut header).await?;
     let tag = header[0];
     let len = (&header[1..]).get_u32() as usize;
     if len < 4 {
@@ -64,14 +58,20 @@ pub async fn read_message<R: AsyncRead + Unpin>(
         });
     }
     let mut body = BytesMut::zeroed(body_len);
-    reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtocolError::Closed
-        } else {
-            ProtocolError::Io(e)
-        }
-    })?;
+    read_exact_or_closed(reader, &mut body).await?;
     Ok(Message { tag, body })
+}
+
+/// Fills `buf` from `reader`; the peer closing first is `Closed`.
+pub(crate) async fn read_exact_or_closed<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut [u8],
+) -> Result<(), ProtocolError> {
+    match reader.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(ProtocolError::Closed),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Splits a NUL-terminated string off the front of `buf`.

@@ -2,9 +2,9 @@
 //! `GSSENCRequest` or `CancelRequest`.
 
 use bytes::Buf;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
-use super::framing::{take_cstr, take_i32, ProtocolError};
+use super::framing::{read_exact_or_closed, take_cstr, take_i32, ProtocolError};
 
 /// Protocol 3.0's version code.
 pub const PROTOCOL_3: i32 = 196_608;
@@ -59,13 +59,7 @@ pub async fn read_startup<R: AsyncRead + Unpin>(
     max_len: usize,
 ) -> Result<StartupPacket, ProtocolError> {
     let mut len_buf = [0u8; 4];
-    match reader.read_exact(&mut len_buf).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(ProtocolError::Closed)
-        }
-        Err(e) => return Err(e.into()),
-    }
+    read_exact_or_closed(reader, &mut len_buf).await?;
     let len = u32::from_be_bytes(len_buf) as usize;
     if len < 8 {
         return Err(ProtocolError::Malformed(
@@ -76,13 +70,7 @@ pub async fn read_startup<R: AsyncRead + Unpin>(
         return Err(ProtocolError::TooLarge { len, max: max_len });
     }
     let mut body = vec![0u8; len - 4];
-    reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            ProtocolError::Closed
-        } else {
-            ProtocolError::Io(e)
-        }
-    })?;
+    read_exact_or_closed(reader, &mut body).await?;
     parse_startup(&body)
 }
 

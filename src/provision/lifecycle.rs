@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::tenant::id::{AccessLevel, TenantId};
 
-use super::tenant::GRANT_LOCK_KEY;
+use super::tenant::run_under_grant_lock;
 use super::{admin_connect, db_err, quote_ident, ProvisionError};
 
 /// How long a drop waits for the tenant roles' sessions to go after they were terminated.
@@ -323,23 +323,10 @@ pub async fn drop_tenant(
             ));
         }
         let mut client = admin_connect(config, db).await?;
-        let context = format!("dropping tenant {id} from {db}");
-        let tx = client
-            .transaction()
-            .await
-            .map_err(db_err(context.clone()))?;
         // DROP OWNED revokes rights on the database and in `commons`, the same
         // catalog rows every tenant creation grants on: take turns with them.
-        tx.execute(
-            "SELECT pg_catalog.pg_advisory_xact_lock($1)",
-            &[&GRANT_LOCK_KEY],
-        )
-        .await
-        .map_err(db_err(context.clone()))?;
-        tx.batch_execute(&sql)
-            .await
-            .map_err(db_err(context.clone()))?;
-        tx.commit().await.map_err(db_err(context))?;
+        let context = format!("dropping tenant {id} from {db}");
+        run_under_grant_lock(&mut client, &sql, context).await?;
     }
     if !roles.is_empty() {
         registry

@@ -267,6 +267,17 @@ pub(crate) async fn grant(
     // the same catalog tuples for every tenant; concurrent runs would fail
     // with "tuple concurrently updated", so they take turns.
     let context = format!("granting tenant {id} its rights in {db}");
+    run_under_grant_lock(client, &sql, context).await
+}
+
+/// Runs `sql` in one transaction holding the grant lock: GRANTs and
+/// REVOKEs on shared objects update the same catalog rows for every tenant
+/// and would otherwise fail with "tuple concurrently updated".
+pub(crate) async fn run_under_grant_lock(
+    client: &mut tokio_postgres::Client,
+    sql: &str,
+    context: String,
+) -> Result<(), ProvisionError> {
     let tx = client
         .transaction()
         .await
@@ -277,7 +288,7 @@ pub(crate) async fn grant(
     )
     .await
     .map_err(db_err(context.clone()))?;
-    tx.batch_execute(&sql)
+    tx.batch_execute(sql)
         .await
         .map_err(db_err(context.clone()))?;
     tx.commit().await.map_err(db_err(context))
