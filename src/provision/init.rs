@@ -22,22 +22,21 @@ const INIT_LOCK_KEY: i64 = 0x7067_7465_6e01;
 /// database (it holds password secrets). Safe to run any number of times.
 pub async fn init(config: &Config) -> Result<(), ProvisionError> {
     let b = &config.backend;
-    let maintenance = admin_connect(config, &b.maintenance_database).await?;
+    let mut maintenance = admin_connect(config, &b.maintenance_database).await?;
     let mut wanted: Vec<&String> = vec![&b.registry_database];
     wanted.extend(b.databases.iter().filter(|d| **d != b.registry_database));
     for db in &wanted {
         ensure_database(&maintenance, db).await?;
     }
-    maintenance
-        .batch_execute(&format!(
-            "REVOKE ALL ON DATABASE {} FROM PUBLIC",
-            quote_ident(&b.registry_database)
-        ))
-        .await
-        .map_err(db_err(format!(
-            "revoking PUBLIC access to {}",
-            b.registry_database
-        )))?;
+    // Rights on a database are one catalog row that every init (and every
+    // tenant's grants) updates: take turns, or concurrent runs fail with
+    // "tuple concurrently updated".
+    let revoke = format!(
+        "REVOKE ALL ON DATABASE {} FROM PUBLIC",
+        quote_ident(&b.registry_database)
+    );
+    let context = format!("revoking PUBLIC access to {}", b.registry_database);
+    super::tenant::run_under_grant_lock(&mut maintenance, &revoke, context).await?;
     drop(maintenance);
 
     apply_sql(
