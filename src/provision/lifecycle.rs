@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::tenant::id::{AccessLevel, TenantId};
 
+use super::tenant::lock_tenant;
 use super::tenant::run_under_grant_lock;
 use super::{admin_connect, db_err, quote_ident, ProvisionError};
 
@@ -244,13 +245,7 @@ pub async fn drop_tenant(
 ) -> Result<DropReport, ProvisionError> {
     let b = &config.backend;
     let registry = admin_connect(config, &b.registry_database).await?;
-    registry
-        .execute(
-            "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))",
-            &[&format!("pgtenant:tenant:{id}")],
-        )
-        .await
-        .map_err(db_err(format!("locking tenant {id}")))?;
+    lock_tenant(&registry, id).await?;
     let previous: Option<String> = registry
         .query_opt(
             "SELECT status FROM commons.tenants WHERE id = $1",

@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 use crate::tenant::id::TenantId;
 
+use super::tenant::lock_tenant;
 use super::tenant::{checksum, migration_files};
 use super::{admin_connect, db_err, io_err, quote_ident, ProvisionError};
 
@@ -342,13 +343,7 @@ async fn migrate_target(
     let registry = admin_connect(config, &config.backend.registry_database).await?;
     if let Target::Tenant(id) = target {
         // The same lock as `tenant create` and `tenant drop`: never both at once.
-        registry
-            .execute(
-                "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))",
-                &[&format!("pgtenant:tenant:{id}")],
-            )
-            .await
-            .map_err(db_err(format!("locking tenant {id}")))?;
+        lock_tenant(&registry, id).await?;
     }
     let schema = target.schema();
     for db in databases {

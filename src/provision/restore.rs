@@ -25,6 +25,7 @@ use super::backup::{
     dump_schema, pg_tool, run_tool, Manifest, RegistryRows, BACKUP_FORMAT, MANIFEST_FILE,
 };
 use super::init::SERVICE_SQL;
+use super::tenant::lock_tenant;
 use super::tenant::{ensure_roles, grant};
 use super::{admin_connect, db_err, io_err, quote_ident, ProvisionError};
 
@@ -64,13 +65,7 @@ pub async fn restore_tenant(
     locks.sort();
     locks.dedup();
     for id in &locks {
-        registry
-            .execute(
-                "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))",
-                &[&format!("pgtenant:tenant:{id}")],
-            )
-            .await
-            .map_err(db_err(format!("locking tenant {id}")))?;
+        lock_tenant(&registry, id).await?;
     }
     let exists = registry
         .query_opt(

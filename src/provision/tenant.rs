@@ -34,13 +34,7 @@ pub async fn create_tenant(
     let b = &config.backend;
     let registry = admin_connect(config, &b.registry_database).await?;
     // Session-level lock: one provisioning run per tenant at a time; released on disconnect.
-    registry
-        .execute(
-            "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))",
-            &[&format!("pgtenant:tenant:{id}")],
-        )
-        .await
-        .map_err(db_err(format!("locking tenant {id}")))?;
+    lock_tenant(&registry, id).await?;
 
     let row = registry
         .query_one(
@@ -268,6 +262,22 @@ pub(crate) async fn grant(
     // with "tuple concurrently updated", so they take turns.
     let context = format!("granting tenant {id} its rights in {db}");
     run_under_grant_lock(client, &sql, context).await
+}
+
+/// Takes the session-level lock that lets one create, drop, restore or
+/// single-tenant migrate run per tenant at a time (released on disconnect).
+pub(crate) async fn lock_tenant(
+    registry: &tokio_postgres::Client,
+    id: impl std::fmt::Display,
+) -> Result<(), ProvisionError> {
+    registry
+        .execute(
+            "SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))",
+            &[&format!("pgtenant:tenant:{id}")],
+        )
+        .await
+        .map_err(db_err(format!("locking tenant {id}")))?;
+    Ok(())
 }
 
 /// Runs `sql` in one transaction holding the grant lock: GRANTs and
