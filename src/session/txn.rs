@@ -330,7 +330,7 @@ where
                 }
             }
         }
-        forget(shared);
+        forget(&mut lock(&shared.expect), shared);
         if out.len() >= FLUSH_AT {
             if tx.write_all(out).await.is_err() {
                 return TxnEnd::BackendGone;
@@ -373,8 +373,7 @@ where
 }
 
 /// Applies forgotten statements (failed or skipped Parses) to the connection's record.
-fn forget(shared: &Shared) {
-    let mut expect = lock(&shared.expect);
+fn forget(expect: &mut Expectations, shared: &Shared) {
     let mut forgotten = expect.take_forgotten().peekable();
     if forgotten.peek().is_some() {
         let mut prepared = lock(&shared.prepared);
@@ -385,8 +384,7 @@ fn forget(shared: &Shared) {
 }
 
 /// Marks statements a server accepted as validated in the pool's cache.
-fn confirm(shared: &Shared) {
-    let mut expect = lock(&shared.expect);
+fn confirm(expect: &mut Expectations, shared: &Shared) {
     let mut confirmed = expect.take_confirmed().peekable();
     if confirmed.peek().is_some() {
         let issued = lock(&shared.issued);
@@ -800,9 +798,14 @@ where
             return TxnEnd::BackendCorrupt;
         }
         let total = len + 1;
-        let forward = lock(&shared.expect).on_response(tag);
-        forget(shared);
-        confirm(shared);
+        // One lock per server message: account for it, then apply what it settled.
+        let forward = {
+            let mut expect = lock(&shared.expect);
+            let forward = expect.on_response(tag);
+            forget(&mut expect, shared);
+            confirm(&mut expect, shared);
+            forward
+        };
         match tag {
             b'Z' | b'S' | b'A' => {
                 if total > 64 * 1024 {
