@@ -212,7 +212,7 @@ impl Default for ListenConfig {
 }
 
 /// `[backend]`: the PostgreSQL cluster, its admin role and its databases.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendConfig {
     /// Host name, IP address, or a directory holding the Unix socket. Default `127.0.0.1`.

@@ -12,7 +12,9 @@
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
 //! - [`pool`]: per-tenant backend pools and server logins.
 //! - [`session`]: one client's life, the relay, cancel keys.
+//! - [`stats`]: per-pool traffic counters (PgBouncer's SHOW STATS).
 //! - [`server`]: listeners and the running proxy.
+//! - [`reload`]: applying a re-read configuration to the running proxy.
 //! - [`provision`]: init, tenant creation, migrations, local clusters.
 
 #![warn(missing_docs)]
@@ -24,7 +26,9 @@ pub mod net;
 pub mod pool;
 pub mod protocol;
 pub mod provision;
+pub mod reload;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod tenant;
 pub mod tls;

@@ -2,12 +2,14 @@
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use pgtenant::config::Config;
 use pgtenant::provision;
+use pgtenant::reload::ConfigSource;
 use pgtenant::server::Proxy;
 use pgtenant::tenant::{AccessLevel, TenantId};
 
@@ -161,7 +163,12 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     let mut config = load_config(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve => serve(config).await,
+        Command::Serve => {
+            let path = cli.config.clone();
+            let source: ConfigSource =
+                Arc::new(move || load_config(path.as_deref()).map_err(|e| format!("{e:#}")));
+            serve(config, Some(source)).await
+        }
         Command::Init => {
             provision::init(&config).await?;
             println!("registry and service databases are ready");
@@ -196,7 +203,8 @@ async fn run(cli: Cli) -> Result<()> {
             println!("  psql \"host={host} port={port} dbname=crm_db user=alice options=-ctenant=globex\"");
             println!("  => SHOW search_path;  SELECT current_setting('app.current_tenant');  SELECT * FROM contacts;");
             println!();
-            serve(config).await
+            // The quickstart's config is made here, not read from a file.
+            serve(config, None).await
         }
     }
 }
@@ -499,18 +507,21 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     }
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, source: Option<ConfigSource>) -> Result<()> {
     if config.listen.addr.port() == 0 {
         bail!("listen.addr needs a port");
     }
     let proxy = Proxy::start(config).await?;
+    if let Some(source) = source {
+        proxy.set_config_source(source);
+    }
     wait_for_signal(&proxy).await?;
     proxy.shutdown(Duration::from_secs(10)).await;
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP meanwhile reloads the TLS files
-/// (nothing else reloads yet).
+/// Waits for SIGINT or SIGTERM; SIGHUP meanwhile reloads the configuration
+/// (a bad one is reported and the one in force stays).
 async fn wait_for_signal(proxy: &Proxy) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -519,9 +530,9 @@ async fn wait_for_signal(proxy: &Proxy) -> Result<()> {
         tokio::select! {
             r = tokio::signal::ctrl_c() => { r?; break; }
             _ = term.recv() => break,
-            _ = hup.recv() => match proxy.reload_tls() {
-                Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-                Err(e) => tracing::warn!(error = %e, "SIGHUP: TLS reload failed; keeping the certificates in force"),
+            _ = hup.recv() => match proxy.reload() {
+                Ok(_) => tracing::info!("SIGHUP: configuration reloaded"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the configuration in force"),
             },
         }
     }

@@ -1,7 +1,6 @@
 //! The running proxy: builds the shared context, binds the TCP and Unix
 //! listeners, and spawns one session task per client until shut down.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::auth::{auth_file, AuthFileError};
+use crate::auth::AuthFileError;
 use crate::config::Config;
 use crate::net::Stream;
 use crate::pool::Pools;
@@ -61,11 +60,7 @@ impl Proxy {
         let server_tls = ServerTls::load(&config.tls)?.map(Arc::new);
         let shutdown = CancellationToken::new();
         let registry = Registry::start(&config.backend, shutdown.child_token()).await?;
-        let auth_file = if config.auth.auth_file.is_empty() {
-            HashMap::new()
-        } else {
-            auth_file::load(Path::new(&config.auth.auth_file))?
-        };
+        let auth_file = crate::reload::load_auth_file(&config.auth.auth_file)?;
         let server_key =
             role_password(&config.backend.tenant_role_secret, "pgtenant mock secrets").into_bytes();
         let context = Arc::new(Context {
@@ -76,15 +71,17 @@ impl Proxy {
             ),
             registry,
             cancels: CancelMap::default(),
-            auth_file,
+            auth_file: arc_swap::ArcSwap::from_pointee(auth_file),
             server_key,
             tls: client_tls,
+            server_tls: server_tls.clone(),
+            config_source: Default::default(),
             clients: Default::default(),
             tenant_clients: Default::default(),
-            config: Arc::new(config),
+            config: arc_swap::ArcSwap::from_pointee(config),
         });
 
-        let listen = &context.config.listen;
+        let listen = context.config().listen.clone();
         let tcp = TcpListener::bind(listen.addr)
             .await
             .map_err(|source| ServeError::Bind {
@@ -131,6 +128,17 @@ impl Proxy {
             context,
             server_tls,
         })
+    }
+
+    /// Where [`Proxy::reload`] reads the configuration again (once).
+    pub fn set_config_source(&self, source: crate::reload::ConfigSource) {
+        let _ = self.context.config_source.set(source);
+    }
+
+    /// Reads the configuration again and applies it (see [`crate::reload`]);
+    /// returns the changed settings that need a restart. On error nothing changed.
+    pub fn reload(&self) -> Result<Vec<String>, crate::reload::ReloadError> {
+        crate::reload::reload(&self.context)
     }
 
     /// Reads the TLS certificate, key and CA files again, both sides; new

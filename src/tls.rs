@@ -126,9 +126,17 @@ fn setup(key: &'static str) -> impl Fn(rustls::Error) -> TlsError {
 /// The client-facing side: the certificate clients see and how their own is checked.
 pub struct ClientTls {
     mode: SslMode,
-    files: TlsConfig,
+    files: RwLock<TlsConfig>,
     /// Swapped whole by `reload`; each handshake takes the one in force when it starts.
     config: RwLock<Arc<Loaded>>,
+}
+
+/// The file names currently in use.
+fn read_files(files: &RwLock<TlsConfig>) -> TlsConfig {
+    match files.read() {
+        Ok(f) => f.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
 }
 
 /// One load of the client-facing files.
@@ -163,7 +171,7 @@ impl ClientTls {
         Ok(Some(ClientTls {
             mode: config.client_tls_sslmode,
             config: RwLock::new(Arc::new(Self::build(config)?)),
-            files: config.clone(),
+            files: RwLock::new(config.clone()),
         }))
     }
 
@@ -201,9 +209,21 @@ impl ClientTls {
     /// Reads the files again and uses them for handshakes from now on; on
     /// error the certificates in force stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Arc::new(Self::build(&self.files)?);
+        let files = read_files(&self.files);
+        self.reload_from(&files)
+    }
+
+    /// As [`ClientTls::reload`], from the file names in `config` (the mode
+    /// in force stays); they are the ones reloaded from then on.
+    pub fn reload_from(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        let mut files = config.clone();
+        files.client_tls_sslmode = self.mode;
+        let fresh = Arc::new(Self::build(&files)?);
         if let Ok(mut slot) = self.config.write() {
             *slot = fresh;
+        }
+        if let Ok(mut slot) = self.files.write() {
+            *slot = files;
         }
         Ok(())
     }
@@ -354,7 +374,7 @@ impl ServerCertVerifier for LenientVerifier {
 /// The PostgreSQL-facing side: whether and how backend connections use TLS.
 pub struct ServerTls {
     mode: SslMode,
-    files: TlsConfig,
+    files: RwLock<TlsConfig>,
     /// Swapped whole by `reload`; each connection takes the one in force.
     config: RwLock<Arc<rustls::ClientConfig>>,
 }
@@ -377,7 +397,7 @@ impl ServerTls {
         Ok(Some(ServerTls {
             mode: config.server_tls_sslmode,
             config: RwLock::new(Arc::new(Self::build(config)?)),
-            files: config.clone(),
+            files: RwLock::new(config.clone()),
         }))
     }
 
@@ -425,9 +445,21 @@ impl ServerTls {
 
     /// Reads the files again and uses them for connections opened from now on.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = Arc::new(Self::build(&self.files)?);
+        let files = read_files(&self.files);
+        self.reload_from(&files)
+    }
+
+    /// As [`ServerTls::reload`], from the file names in `config` (the mode
+    /// in force stays); they are the ones reloaded from then on.
+    pub fn reload_from(&self, config: &TlsConfig) -> Result<(), TlsError> {
+        let mut files = config.clone();
+        files.server_tls_sslmode = self.mode;
+        let fresh = Arc::new(Self::build(&files)?);
         if let Ok(mut slot) = self.config.write() {
             *slot = fresh;
+        }
+        if let Ok(mut slot) = self.files.write() {
+            *slot = files;
         }
         Ok(())
     }

@@ -50,7 +50,27 @@ pub struct PoolState {
     /// Idle connections, most recently used last.
     pub idle: Vec<Idle>,
     /// Clients waiting, first come first served.
-    pub waiters: VecDeque<oneshot::Sender<Grant>>,
+    pub waiters: VecDeque<Waiter>,
+}
+
+/// A client in a pool's line.
+pub struct Waiter {
+    /// When it joined the line.
+    pub since: Instant,
+    /// Where its grant goes; closed when it gave up.
+    pub tx: oneshot::Sender<Grant>,
+}
+
+impl PoolState {
+    /// Clients still waiting (those that gave up are skipped) and how long
+    /// the first of them has waited.
+    pub fn waiting(&self, now: Instant) -> (usize, std::time::Duration) {
+        let mut live = self.waiters.iter().filter(|w| !w.tx.is_closed());
+        match live.next() {
+            Some(first) => (1 + live.count(), now.duration_since(first.since)),
+            None => (0, std::time::Duration::ZERO),
+        }
+    }
 }
 
 /// One pool.
@@ -63,12 +83,14 @@ pub struct Pool {
     pub statements: Arc<StatementCache>,
     /// The budget it draws from.
     pub budget: Arc<Budget>,
+    /// Its traffic counters.
+    pub stats: crate::stats::PoolStats,
 }
 
 /// The global budget of server connections.
 pub struct Budget {
     /// Largest number of server connections in all; 0 for no limit.
-    limit: usize,
+    limit: std::sync::atomic::AtomicUsize,
     state: Mutex<BudgetState>,
 }
 
@@ -89,7 +111,7 @@ impl Budget {
     /// A budget of `limit` connections (0: unlimited).
     pub fn new(limit: usize) -> Arc<Budget> {
         Arc::new(Budget {
-            limit,
+            limit: limit.into(),
             state: Mutex::new(BudgetState {
                 open: 0,
                 line: VecDeque::new(),
@@ -97,10 +119,21 @@ impl Budget {
         })
     }
 
+    /// Changes the limit (0: none).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn limit(&self) -> usize {
+        self.limit.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Takes a slot if one is free.
     pub fn try_take(&self) -> bool {
+        let limit = self.limit();
         let mut st = lock(&self.state);
-        if self.limit == 0 || st.open < self.limit {
+        if limit == 0 || st.open < limit {
             st.open += 1;
             true
         } else {
@@ -121,7 +154,8 @@ impl Budget {
     fn contention(&self, pool: &Arc<Pool>) -> Option<usize> {
         let st = lock(&self.state);
         let others = st.line.iter().filter(|p| !Arc::ptr_eq(p, pool)).count();
-        (self.limit > 0 && others > 0).then(|| (self.limit / (others + 1)).max(1))
+        let limit = self.limit();
+        (limit > 0 && others > 0).then(|| (limit / (others + 1)).max(1))
     }
 
     /// A slot was freed: it goes to the next pool in line that still has a
@@ -159,7 +193,7 @@ impl Budget {
 /// Gives `g` to the first client still waiting; hands it back if none is.
 pub fn grant(state: &mut PoolState, mut g: Grant) -> Result<(), Grant> {
     while let Some(waiter) = state.waiters.pop_front() {
-        match waiter.send(g) {
+        match waiter.tx.send(g) {
             Ok(()) => return Ok(()),
             Err(back) => g = back,
         }

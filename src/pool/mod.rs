@@ -13,6 +13,7 @@ pub mod budget;
 pub mod statements;
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use budget::{lock, Budget, Grant, Pool, PoolState};
+pub use budget::Pool;
+use budget::{lock, Budget, Grant, PoolState, Waiter};
 
 use crate::config::{seconds, BackendConfig, PoolConfig};
 use crate::protocol::SqlState;
@@ -51,11 +53,30 @@ pub struct PoolKey {
 /// What a tenant's settings say about its pools.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolLimits {
-    /// Largest number of connections of one pool.
-    pub size: usize,
+    /// The tenant's own size for its pools; `None` for `pool.default_pool_size`.
+    pub size: Option<usize>,
     /// `statement_timeout` for the tenant's new connections, set in their
     /// startup packet (so `RESET ALL` keeps it), e.g. `30s`.
     pub statement_timeout: Option<String>,
+}
+
+/// One pool as seen at one moment.
+#[derive(Debug, Clone)]
+pub struct PoolView {
+    /// Which pool.
+    pub key: PoolKey,
+    /// Its current size limit.
+    pub size: usize,
+    /// Server connections open or opening, idle or in use.
+    pub open: usize,
+    /// Of those, idle ones.
+    pub idle: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// How long the first waiting client has waited.
+    pub max_wait: Duration,
+    /// Its counters.
+    pub stats: crate::stats::StatsSnapshot,
 }
 
 /// Why no backend could be handed out.
@@ -96,7 +117,8 @@ pub struct Pools {
     /// sender has already gone.
     pids: DashMap<i32, TenantId>,
     backend: BackendConfig,
-    config: PoolConfig,
+    /// The pool settings in force; `RELOAD` swaps them.
+    config: arc_swap::ArcSwap<PoolConfig>,
 }
 
 /// A connection checked out of a pool. Dropping it closes the connection;
@@ -119,7 +141,7 @@ impl Pools {
             budget: Budget::new(config.max_server_connections),
             pids: DashMap::new(),
             backend,
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
         }
     }
 
@@ -132,34 +154,41 @@ impl Pools {
         limits: &PoolLimits,
     ) -> Result<PooledBackend, PoolError> {
         let pool = self.pool(key);
+        let asked = Instant::now();
+        let config = self.config.load();
         let granted = {
             let mut st = lock(&pool.state);
-            st.size = limits.size;
+            st.size = limits.size.unwrap_or(config.default_pool_size);
             self.immediate(&pool, &mut st)
         };
         let grant = match granted {
             Ok(grant) => grant,
             Err(rx) => {
-                let wait = seconds(self.config.query_wait_timeout);
+                let wait = seconds(config.query_wait_timeout);
                 match tokio::time::timeout(wait, rx).await {
                     Ok(Ok(grant)) => grant,
-                    _ => return Err(PoolError::WaitTimeout),
+                    _ => {
+                        pool.stats.checkout_errors.fetch_add(1, Relaxed);
+                        return Err(PoolError::WaitTimeout);
+                    }
                 }
             }
         };
         let backend = match grant {
             Grant::Backend(b) => *b,
             Grant::Slot => match self
-                .open(key, limits, seconds(self.config.server_connect_timeout))
+                .open(key, limits, seconds(config.server_connect_timeout))
                 .await
             {
                 Ok(b) => b,
                 Err(e) => {
                     pool.slot_freed();
+                    pool.stats.checkout_errors.fetch_add(1, Relaxed);
                     return Err(e);
                 }
             },
         };
+        pool.stats.assigned(asked.elapsed().as_micros() as u64);
         Ok(PooledBackend {
             backend: Some(backend),
             pool,
@@ -182,15 +211,19 @@ impl Pools {
             pool.budget.hand_on();
         }
         let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            since: Instant::now(),
+            tx,
+        };
         if st.open >= st.size || !st.waiters.is_empty() {
-            st.waiters.push_back(tx);
+            st.waiters.push_back(waiter);
             return Err(rx);
         }
         if pool.budget.try_take() || self.take_idle_elsewhere(pool) {
             st.open += 1;
             return Ok(Grant::Slot);
         }
-        st.waiters.push_back(tx);
+        st.waiters.push_back(waiter);
         pool.budget.wait_for_slot(pool);
         Err(rx)
     }
@@ -221,6 +254,7 @@ impl Pools {
                         }),
                         statements: Arc::default(),
                         budget: Arc::clone(&self.budget),
+                        stats: Default::default(),
                     })
                 })
                 .value(),
@@ -231,12 +265,21 @@ impl Pools {
     /// than `server_lifetime`, so idle tenants' pools shrink to nothing.
     pub fn reap(&self) -> usize {
         let now = Instant::now();
-        let idle = seconds(self.config.server_idle_timeout);
-        let age = seconds(self.config.server_lifetime);
+        let config = self.config.load();
+        let idle = seconds(config.server_idle_timeout);
+        let age = seconds(config.server_lifetime);
         self.pools
             .iter()
             .map(|p| p.value().reap(now, idle, age))
             .sum()
+    }
+
+    /// Puts new pool settings in force: sizes and timeouts apply from the
+    /// next checkout, the global budget at once (connections above a
+    /// smaller budget close as they come back idle).
+    pub fn set_config(&self, config: PoolConfig) {
+        self.budget.set_limit(config.max_server_connections);
+        self.config.store(Arc::new(config));
     }
 
     /// Server connections open (or opening) in all pools.
@@ -287,6 +330,28 @@ impl Pools {
         Ok(backend)
     }
 
+    /// Every pool's state and counters, for the admin console and metrics.
+    pub fn views(&self) -> Vec<PoolView> {
+        let now = Instant::now();
+        self.pools
+            .iter()
+            .map(|p| {
+                let pool = p.value();
+                let st = lock(&pool.state);
+                let (waiting, max_wait) = st.waiting(now);
+                PoolView {
+                    key: pool.key.clone(),
+                    size: st.size,
+                    open: st.open,
+                    idle: st.idle.len(),
+                    waiting,
+                    max_wait,
+                    stats: pool.stats.snapshot(),
+                }
+            })
+            .collect()
+    }
+
     /// The tenant whose pool last opened server process `pid`, if this proxy did.
     pub fn tenant_of_pid(&self, pid: i32) -> Option<TenantId> {
         self.pids.get(&pid).map(|t| t.clone())
@@ -310,6 +375,11 @@ impl PooledBackend {
             Some(b) => b,
             None => unreachable!("a PooledBackend holds its connection until release or drop"),
         }
+    }
+
+    /// The pool it came from (its counters, its key).
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
     }
 
     /// The pool's prepared-statement cache.

@@ -35,24 +35,36 @@ use relay::{relay, NotificationGate, RelayEnd, RelayState};
 
 /// Everything sessions share.
 pub struct Context {
-    /// The configuration in force.
-    pub config: Arc<Config>,
+    /// The configuration in force; `RELOAD` swaps it. Sessions read it
+    /// through [`Context::config`] as they go.
+    pub config: arc_swap::ArcSwap<Config>,
     /// Tenant cache and credential lookups.
     pub registry: Arc<Registry>,
     /// Backend pools.
     pub pools: Pools,
     /// Proxy-issued cancel keys.
     pub cancels: CancelMap,
-    /// Secrets from `auth.auth_file`, keyed by `user@tenant`.
-    pub auth_file: HashMap<String, Secret>,
+    /// Secrets from `auth.auth_file`, keyed by `user@tenant`; `RELOAD` swaps them.
+    pub auth_file: arc_swap::ArcSwap<HashMap<String, Secret>>,
     /// Keys the mock secrets of unknown users.
     pub server_key: Vec<u8>,
     /// TLS for clients; `None` when `client_tls_sslmode` is `disable`.
     pub tls: Option<Arc<ClientTls>>,
+    /// TLS towards PostgreSQL; `None` when not used.
+    pub server_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Where `RELOAD` reads the configuration again; unset: TLS files only.
+    pub config_source: std::sync::OnceLock<crate::reload::ConfigSource>,
     /// Clients connected now, against `pool.max_client_conn`.
     pub clients: std::sync::atomic::AtomicUsize,
     /// Clients connected now per tenant, against the tenant's `config.max_clients`.
     pub tenant_clients: dashmap::DashMap<TenantId, usize>,
+}
+
+impl Context {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
 }
 
 /// Counts a client against its tenant while it is connected.
@@ -206,14 +218,14 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
             + 1;
         let _slot = ClientSlot(&ctx.clients);
-        if connected > ctx.config.pool.max_client_conn {
+        if connected > ctx.config().pool.max_client_conn {
             let full = SessionError::Setting {
                 code: SqlState::TOO_MANY_CONNECTIONS,
                 message: "no more connections allowed (max_client_conn)".into(),
             };
             return refuse(&mut client, full).await;
         }
-        let limit = seconds(ctx.config.listen.client_login_timeout);
+        let limit = seconds(ctx.config().listen.client_login_timeout);
         let deadline = tokio::time::Instant::now() + limit;
         // The TLS certificate's channel binding data, once TLS is up.
         let mut binding: Option<Vec<u8>> = None;
@@ -331,7 +343,7 @@ async fn login(
     ctx: &Context,
     binding: Option<&[u8]>,
 ) -> Result<Login, SessionError> {
-    let config = &ctx.config;
+    let config = ctx.config();
     if let Stream::Tcp(socket) = &*client {
         if ctx.tls.is_some() {
             let mut first = [0u8; 1];
@@ -470,7 +482,7 @@ async fn attach(
     ctx: &Context,
     authed: Authenticated,
 ) -> Result<Ready, SessionError> {
-    let config = &ctx.config;
+    let config = ctx.config();
     let Authenticated {
         resolved,
         info,
@@ -484,7 +496,7 @@ async fn attach(
         access,
     };
     let limits = PoolLimits {
-        size: info.pool_size.unwrap_or(config.pool.default_pool_size),
+        size: info.pool_size,
         statement_timeout: info.statement_timeout.clone(),
     };
     let mut backend = ctx.pools.checkout(&key, &limits).await?;
@@ -541,7 +553,7 @@ async fn lookup_secret(
     resolved: &tenant::Resolved,
 ) -> Result<(Option<Secret>, AccessLevel), SessionError> {
     let file_key = format!("{}@{}", resolved.user, resolved.tenant);
-    if let Some(secret) = ctx.auth_file.get(&file_key) {
+    if let Some(secret) = ctx.auth_file.load().get(&file_key) {
         return Ok((Some(secret.clone()), AccessLevel::ReadWrite));
     }
     match ctx.registry.user(&resolved.tenant, &resolved.user).await? {
@@ -575,21 +587,24 @@ async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
         registry: &ctx.registry,
         pools: &ctx.pools,
         tenant: &tenant,
-        admin: &ctx.config.backend.admin_user,
+        admin: &ctx.config().backend.admin_user,
         own_pid: backend_key.0,
     };
+    let stats = std::sync::Arc::clone(backend.pool());
+    let meter = crate::stats::Meter::new(&stats.stats);
     let end = relay(
         &mut client,
         &mut backend.backend().stream,
         &mut state,
         &gate,
+        &meter,
     )
     .await;
     ctx.cancels.remove(key);
     debug!(?end, "session ended");
     match end {
         RelayEnd::ClientTerminated | RelayEnd::ClientGone if state.backend_idle() => {
-            backend.release(&ctx.config.pool.server_reset_query).await;
+            backend.release(&ctx.config().pool.server_reset_query).await;
         }
         RelayEnd::ClientTerminated | RelayEnd::ClientGone | RelayEnd::ClientCorrupt => {
             if end == RelayEnd::ClientCorrupt {

@@ -13,6 +13,7 @@ use crate::config::{optional_seconds, PoolMode};
 use crate::net::Stream;
 use crate::protocol::FrameReader;
 use crate::protocol::{ErrorFields, SqlState};
+use crate::stats::Meter;
 
 /// Serves a logged-in client in `mode` until it leaves.
 pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode: PoolMode) {
@@ -35,9 +36,10 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
     };
     // Small: most messages are small, and idle clients are the many.
     let mut creader = FrameReader::new(1024);
-    let reset_query = &ctx.config.pool.server_reset_query;
-    let client_idle_timeout = optional_seconds(ctx.config.pool.client_idle_timeout);
-    let idle_transaction_timeout = optional_seconds(ctx.config.pool.idle_transaction_timeout);
+    let config = ctx.config();
+    let reset_query = &config.pool.server_reset_query;
+    let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
+    let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
     let failure = loop {
         // Between transactions: no server connection is held.
         let next = creader.ensure(&mut client, 5);
@@ -84,15 +86,18 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
             registry: &ctx.registry,
             pools: &ctx.pools,
             tenant: &tenant,
-            admin: &ctx.config.backend.admin_user,
+            admin: &config.backend.admin_user,
             own_pid: backend_key.0,
         };
+        let pool = std::sync::Arc::clone(pooled.pool());
+        let meter = Meter::new(&pool.stats);
         let period = Period {
             mode,
             cache: &cache,
-            max_prepared: ctx.config.pool.max_prepared_statements,
+            max_prepared: config.pool.max_prepared_statements,
             gate: &gate,
             idle_transaction_timeout,
+            meter: &meter,
         };
         let end = {
             let (mut crx, mut ctx_w) = client.split();

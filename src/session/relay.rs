@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::net::Stream;
 use crate::protocol::tag;
+use crate::stats::Meter;
 
 /// Size of each direction's buffer.
 const CHUNK: usize = 16 * 1024;
@@ -158,6 +159,7 @@ pub async fn relay<G: NotificationGate>(
     backend: &mut Stream,
     state: &mut RelayState,
     gate: &G,
+    meter: &Meter<'_>,
 ) -> RelayEnd {
     let (mut client_rx, mut client_tx) = client.split();
     let (mut backend_rx, mut backend_tx) = backend.split();
@@ -170,8 +172,8 @@ pub async fn relay<G: NotificationGate>(
     // Cancel safety: whichever direction loses the race is dropped between or
     // inside a write; the scanners say whether that left the backend mid-message.
     tokio::select! {
-        end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, None::<&G>) => end,
-        end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, Some(gate)) => end,
+        end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, None::<&G>, meter) => end,
+        end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, Some(gate), meter) => end,
     }
 }
 
@@ -182,6 +184,7 @@ async fn pump<R, W, G>(
     buf: &mut [u8],
     scanner: &mut Scanner,
     gate: Option<&G>,
+    meter: &Meter<'_>,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
@@ -202,11 +205,14 @@ where
             RelayEnd::BackendCorrupt,
         )
     };
+    let mut reported = scanner.ready;
     loop {
         let n = match rx.read(buf).await {
             Ok(0) | Err(_) => return gone_here,
             Ok(n) => n,
         };
+        let syncs = scanner.syncs;
+        let mut forwarded = 0;
         let mut start = 0;
         while start < n {
             let chunk = &buf[start..n];
@@ -219,6 +225,7 @@ where
             if upto > 0 && tx.write_all(&chunk[..upto]).await.is_err() {
                 return gone_there;
             }
+            forwarded += upto;
             match next {
                 None => start = n,
                 Some(Err(end)) => return end,
@@ -235,12 +242,26 @@ where
                         .get(5..9)
                         .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                     if let Some(sender) = sender {
-                        if gate.allows(sender).await && tx.write_all(&message).await.is_err() {
-                            return gone_there;
+                        if gate.allows(sender).await {
+                            if tx.write_all(&message).await.is_err() {
+                                return gone_there;
+                            }
+                            forwarded += message.len();
                         }
                     }
                     start += at + used;
                 }
+            }
+        }
+        if client {
+            meter.received(forwarded);
+            meter.requested(scanner.syncs - syncs);
+        } else {
+            meter.sent(forwarded);
+            // A ReadyForQuery counts once its status byte has been seen.
+            if !scanner.want_status {
+                meter.ready(scanner.ready - reported, scanner.last_status);
+                reported = scanner.ready;
             }
         }
     }
@@ -347,10 +368,23 @@ mod tests {
             let mut out = Vec::new();
             let mut buf = vec![0u8; size];
             let mut scanner = Scanner::default();
-            let end = pump(&mut rx, &mut out, &mut buf, &mut scanner, Some(&DenySeven)).await;
+            let stats = crate::stats::PoolStats::default();
+            let meter = Meter::new(&stats);
+            let end = pump(
+                &mut rx,
+                &mut out,
+                &mut buf,
+                &mut scanner,
+                Some(&DenySeven),
+                &meter,
+            )
+            .await;
             assert_eq!(end, RelayEnd::BackendGone);
             assert_eq!(out, expected, "buffer of {size}");
             assert_eq!((scanner.ready, scanner.last_status), (1, b'I'));
+            let counted = stats.snapshot();
+            assert_eq!((counted.query_count, counted.xact_count), (1, 1));
+            assert_eq!(counted.sent, expected.len() as u64, "bytes sent");
         }
     }
 

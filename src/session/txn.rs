@@ -25,6 +25,7 @@ use super::state::leaves_session_state;
 use crate::config::PoolMode;
 use crate::pool::{Backend, PreparedSet, Statement, StatementCache};
 use crate::protocol::FrameReader;
+use crate::stats::Meter;
 
 /// Parameters that follow a client from connection to connection.
 pub const TRACKED_PARAMS: &[&str] = &[
@@ -113,6 +114,8 @@ pub struct Period<'a, G> {
     pub gate: &'a G,
     /// `pool.idle_transaction_timeout`, if set.
     pub idle_transaction_timeout: Option<std::time::Duration>,
+    /// The pool's counters.
+    pub meter: &'a Meter<'a>,
 }
 
 /// Relays from the client's next message until the connection is idle again.
@@ -207,6 +210,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // Counted locally, handed to the meter before each wait for the client.
+    let mut received = 0;
+    let mut requests = 0;
     loop {
         if reader.header().is_none() {
             if !out.is_empty() {
@@ -215,6 +221,8 @@ where
                 }
                 out.clear();
             }
+            period.meter.received(std::mem::take(&mut received));
+            period.meter.requested(std::mem::take(&mut requests));
             shared.client_busy.store(false, Ordering::Release);
             shared.wake.notify_one();
             // Only a client inside a transaction can be waited on here (an
@@ -249,6 +257,7 @@ where
             return TxnEnd::ClientCorrupt;
         }
         let total = len + 1;
+        received += total;
         match tag {
             b'X' => {
                 if !out.is_empty() && tx.write_all(out).await.is_err() {
@@ -324,6 +333,7 @@ where
                 }
                 if let Some(r) = request {
                     lock(&shared.expect).push(Expect::Pass(r));
+                    requests += u64::from(r != Request::Execute);
                 }
                 if let Err(end) = stream_body(rx, tx, reader, out, total).await {
                     return end;
@@ -774,6 +784,7 @@ where
         emit_synthetic(shared, out);
         let Some((tag, len)) = reader.header() else {
             if !out.is_empty() {
+                period.meter.sent(out.len());
                 if tx.write_all(out).await.is_err() {
                     return TxnEnd::ClientGone;
                 }
@@ -840,6 +851,9 @@ where
                 };
                 if forward && deliver {
                     out.extend_from_slice(&reader.buffered()[..total]);
+                    if tag == b'Z' {
+                        period.meter.ready(1, last_status);
+                    }
                 }
                 reader.consume(total);
             }
@@ -856,6 +870,7 @@ where
                         break;
                     }
                     if out.len() >= FLUSH_AT {
+                        period.meter.sent(out.len());
                         if tx.write_all(out).await.is_err() {
                             return TxnEnd::ClientGone;
                         }
@@ -869,6 +884,7 @@ where
             }
         }
         if out.len() >= FLUSH_AT {
+            period.meter.sent(out.len());
             if tx.write_all(out).await.is_err() {
                 return TxnEnd::ClientGone;
             }

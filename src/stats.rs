@@ -1,0 +1,255 @@
+//! Traffic counters per pool, with PgBouncer's `SHOW STATS` meanings: the
+//! admin console and `/metrics` read them; the relays write them.
+//!
+//! Writes are relaxed atomic adds: a byte count per socket read or write and
+//! a handful of adds per ReadyForQuery, never per message, never a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Totals of one pool since it was created (or of the whole process).
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Transactions finished (ReadyForQuery `I` after work).
+    pub xact_count: AtomicU64,
+    /// Queries finished (ReadyForQuery messages).
+    pub query_count: AtomicU64,
+    /// Bytes received from clients.
+    pub received: AtomicU64,
+    /// Bytes sent to clients.
+    pub sent: AtomicU64,
+    /// Microseconds spent in transactions, first query to ReadyForQuery `I`.
+    pub xact_time_us: AtomicU64,
+    /// Microseconds spent in queries, client request to ReadyForQuery.
+    pub query_time_us: AtomicU64,
+    /// Microseconds clients waited for a server connection.
+    pub wait_time_us: AtomicU64,
+    /// Times a server connection was handed to a client.
+    pub server_assignments: AtomicU64,
+    /// Checkouts that gave up (`query_wait_timeout`, connect failures).
+    pub checkout_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`PoolStats`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// See [`PoolStats::xact_count`].
+    pub xact_count: u64,
+    /// See [`PoolStats::query_count`].
+    pub query_count: u64,
+    /// See [`PoolStats::received`].
+    pub received: u64,
+    /// See [`PoolStats::sent`].
+    pub sent: u64,
+    /// See [`PoolStats::xact_time_us`].
+    pub xact_time_us: u64,
+    /// See [`PoolStats::query_time_us`].
+    pub query_time_us: u64,
+    /// See [`PoolStats::wait_time_us`].
+    pub wait_time_us: u64,
+    /// See [`PoolStats::server_assignments`].
+    pub server_assignments: u64,
+    /// See [`PoolStats::checkout_errors`].
+    pub checkout_errors: u64,
+}
+
+impl StatsSnapshot {
+    /// Field-wise sum, for totals over pools.
+    pub fn add(&mut self, other: &StatsSnapshot) {
+        self.xact_count += other.xact_count;
+        self.query_count += other.query_count;
+        self.received += other.received;
+        self.sent += other.sent;
+        self.xact_time_us += other.xact_time_us;
+        self.query_time_us += other.query_time_us;
+        self.wait_time_us += other.wait_time_us;
+        self.server_assignments += other.server_assignments;
+        self.checkout_errors += other.checkout_errors;
+    }
+
+    /// Field-wise difference `self - earlier` (counters only grow; a pool
+    /// that was recreated in between saturates at zero).
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        StatsSnapshot {
+            xact_count: self.xact_count.saturating_sub(earlier.xact_count),
+            query_count: self.query_count.saturating_sub(earlier.query_count),
+            received: self.received.saturating_sub(earlier.received),
+            sent: self.sent.saturating_sub(earlier.sent),
+            xact_time_us: self.xact_time_us.saturating_sub(earlier.xact_time_us),
+            query_time_us: self.query_time_us.saturating_sub(earlier.query_time_us),
+            wait_time_us: self.wait_time_us.saturating_sub(earlier.wait_time_us),
+            server_assignments: self
+                .server_assignments
+                .saturating_sub(earlier.server_assignments),
+            checkout_errors: self.checkout_errors.saturating_sub(earlier.checkout_errors),
+        }
+    }
+}
+
+impl PoolStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            xact_count: get(&self.xact_count),
+            query_count: get(&self.query_count),
+            received: get(&self.received),
+            sent: get(&self.sent),
+            xact_time_us: get(&self.xact_time_us),
+            query_time_us: get(&self.query_time_us),
+            wait_time_us: get(&self.wait_time_us),
+            server_assignments: get(&self.server_assignments),
+            checkout_errors: get(&self.checkout_errors),
+        }
+    }
+
+    /// A client got a server connection after waiting `waited_us`.
+    pub fn assigned(&self, waited_us: u64) {
+        self.server_assignments.fetch_add(1, Ordering::Relaxed);
+        self.wait_time_us.fetch_add(waited_us, Ordering::Relaxed);
+    }
+}
+
+/// No clock is running.
+const STOPPED: u64 = 0;
+
+/// One session's clocks over its pool's counters, kept by the relay: it is
+/// told when the client asks for replies (Query, Sync, FunctionCall) and
+/// when ReadyForQuery messages come back, and times queries and
+/// transactions from that. Shared by the relay's two directions, hence atomics.
+#[derive(Debug)]
+pub struct Meter<'a> {
+    stats: &'a PoolStats,
+    origin: Instant,
+    /// ReadyForQuery messages the client still awaits.
+    owed: AtomicU64,
+    /// Microseconds since `origin` (plus one) when the running query began.
+    query_start: AtomicU64,
+    /// Microseconds since `origin` (plus one) when the running transaction began.
+    xact_start: AtomicU64,
+}
+
+impl<'a> Meter<'a> {
+    /// Clocks stopped, writing into `stats`.
+    pub fn new(stats: &'a PoolStats) -> Meter<'a> {
+        Meter {
+            stats,
+            origin: Instant::now(),
+            owed: AtomicU64::new(0),
+            query_start: AtomicU64::new(STOPPED),
+            xact_start: AtomicU64::new(STOPPED),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64 + 1
+    }
+
+    /// `n` bytes came from the client.
+    pub fn received(&self, n: usize) {
+        self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// `n` bytes went to the client.
+    pub fn sent(&self, n: usize) {
+        self.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The client sent `count` messages that each end in a ReadyForQuery:
+    /// starts the query clock (and the transaction's) unless running.
+    pub fn requested(&self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.owed.fetch_add(count, Ordering::Relaxed);
+        if self.query_start.load(Ordering::Relaxed) != STOPPED {
+            return;
+        }
+        let now = self.now();
+        self.query_start.store(now, Ordering::Relaxed);
+        if self.xact_start.load(Ordering::Relaxed) == STOPPED {
+            self.xact_start.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// `count` ReadyForQuery messages went to the client, the last with
+    /// `status`. While more are owed (pipelining) the clocks run on.
+    pub fn ready(&self, count: u64, status: u8) {
+        if count == 0 {
+            return;
+        }
+        let now = self.now();
+        let owed = self.owed.load(Ordering::Relaxed).saturating_sub(count);
+        self.owed.store(owed, Ordering::Relaxed);
+        let next = if owed > 0 { now } else { STOPPED };
+        self.stats.query_count.fetch_add(count, Ordering::Relaxed);
+        let started = self.query_start.swap(next, Ordering::Relaxed);
+        if started != STOPPED {
+            self.stats
+                .query_time_us
+                .fetch_add(now.saturating_sub(started), Ordering::Relaxed);
+        }
+        if status == b'I' {
+            self.stats.xact_count.fetch_add(1, Ordering::Relaxed);
+            let began = self.xact_start.swap(next, Ordering::Relaxed);
+            if began != STOPPED {
+                self.stats
+                    .xact_time_us
+                    .fetch_add(now.saturating_sub(began), Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_and_a_transaction_are_counted_once() {
+        let stats = PoolStats::default();
+        let meter = Meter::new(&stats);
+        meter.received(10);
+        meter.requested(1);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        meter.ready(1, b'T');
+        meter.requested(1);
+        meter.ready(1, b'I');
+        meter.sent(30);
+        let s = stats.snapshot();
+        assert_eq!((s.query_count, s.xact_count), (2, 1));
+        assert_eq!((s.received, s.sent), (10, 30));
+        assert!(s.xact_time_us >= 2000, "{s:?}");
+        assert!(s.xact_time_us >= s.query_time_us);
+    }
+
+    #[test]
+    fn pipelined_replies_keep_the_clock_running() {
+        let stats = PoolStats::default();
+        let meter = Meter::new(&stats);
+        meter.requested(3);
+        meter.ready(2, b'I');
+        assert_ne!(meter.query_start.load(Ordering::Relaxed), STOPPED);
+        meter.ready(1, b'I');
+        assert_eq!(meter.query_start.load(Ordering::Relaxed), STOPPED);
+        let s = stats.snapshot();
+        assert_eq!((s.query_count, s.xact_count), (3, 2));
+        // A reply with no request seen still counts, untimed.
+        meter.ready(1, b'I');
+        assert_eq!(stats.snapshot().query_count, 4);
+    }
+
+    #[test]
+    fn snapshots_add_and_subtract() {
+        let stats = PoolStats::default();
+        stats.assigned(5);
+        let a = stats.snapshot();
+        stats.assigned(7);
+        let b = stats.snapshot();
+        let d = b.since(&a);
+        assert_eq!((d.server_assignments, d.wait_time_us), (1, 7));
+        let mut total = a;
+        total.add(&d);
+        assert_eq!(total, b);
+    }
+}
