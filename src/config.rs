@@ -198,6 +198,12 @@ pub struct ListenConfig {
     pub client_login_timeout: f64,
     /// Largest accepted startup packet, in bytes. Default 10000.
     pub max_startup_packet: usize,
+    /// Seconds SIGTERM (`pgtenant` drains) waits for clients to finish their
+    /// transactions before closing what is left. Default 30.
+    pub shutdown_timeout: f64,
+    /// Bind the TCP listener with `SO_REUSEPORT`, so a second pgtenant can
+    /// listen on the same port for a rolling restart. Default false.
+    pub so_reuseport: bool,
 }
 
 impl Default for ListenConfig {
@@ -207,6 +213,8 @@ impl Default for ListenConfig {
             unix_socket_dir: String::new(),
             client_login_timeout: 15.0,
             max_startup_packet: 10_000,
+            shutdown_timeout: 30.0,
+            so_reuseport: false,
         }
     }
 }
@@ -489,6 +497,7 @@ impl Config {
             }
         }
         for (key, value) in [
+            ("listen.shutdown_timeout", self.listen.shutdown_timeout),
             ("pool.server_idle_timeout", self.pool.server_idle_timeout),
             ("pool.server_lifetime", self.pool.server_lifetime),
             (

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use pgtenant::config::Config;
+use pgtenant::config::{seconds, Config};
 use pgtenant::provision;
 use pgtenant::reload::ConfigSource;
 use pgtenant::server::Proxy;
@@ -515,27 +515,49 @@ async fn serve(config: Config, source: Option<ConfigSource>) -> Result<()> {
     if let Some(source) = source {
         proxy.set_config_source(source);
     }
-    wait_for_signal(&proxy).await?;
-    proxy.shutdown(Duration::from_secs(10)).await;
+    let grace = match wait_for_signal(&proxy).await? {
+        Stop::Drain => {
+            let grace = seconds(proxy.context().config().listen.shutdown_timeout);
+            tracing::info!(
+                ?grace,
+                "draining: no new clients; open transactions may finish"
+            );
+            grace
+        }
+        Stop::Fast => {
+            tracing::info!("SIGINT: closing every connection now");
+            Duration::ZERO
+        }
+    };
+    proxy.shutdown(grace).await;
+    tracing::info!("pgtenant stopped");
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP meanwhile reloads the configuration
-/// (a bad one is reported and the one in force stays).
-async fn wait_for_signal(proxy: &Proxy) -> Result<()> {
+/// How to stop.
+enum Stop {
+    /// SIGTERM or the console's SHUTDOWN: let transactions finish first.
+    Drain,
+    /// SIGINT: close everything now.
+    Fast,
+}
+
+/// Waits for SIGTERM, SIGINT or a console SHUTDOWN; SIGHUP meanwhile
+/// reloads the configuration (a bad one is reported and the one in force stays).
+async fn wait_for_signal(proxy: &Proxy) -> Result<Stop> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let stopped = proxy.shutdown_token();
     loop {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => { r?; break; }
-            _ = term.recv() => break,
+            r = tokio::signal::ctrl_c() => { r?; return Ok(Stop::Fast); }
+            _ = term.recv() => return Ok(Stop::Drain),
+            _ = stopped.cancelled() => return Ok(Stop::Drain),
             _ = hup.recv() => match proxy.reload() {
                 Ok(_) => tracing::info!("SIGHUP: configuration reloaded"),
                 Err(e) => tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the configuration in force"),
             },
         }
     }
-    tracing::info!("shutting down");
-    Ok(())
 }

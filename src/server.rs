@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -75,6 +75,7 @@ impl Proxy {
             server_key,
             tls: client_tls,
             server_tls: server_tls.clone(),
+            draining: shutdown.child_token(),
             config_source: Default::default(),
             clients: Default::default(),
             tenant_clients: Default::default(),
@@ -82,9 +83,8 @@ impl Proxy {
         });
 
         let listen = context.config().listen.clone();
-        let tcp = TcpListener::bind(listen.addr)
-            .await
-            .map_err(|source| ServeError::Bind {
+        let tcp =
+            bind_tcp(listen.addr, listen.so_reuseport).map_err(|source| ServeError::Bind {
                 what: listen.addr.to_string(),
                 source,
             })?;
@@ -174,7 +174,10 @@ impl Proxy {
         self.shutdown.clone()
     }
 
-    /// Stops accepting, gives sessions `grace` to finish, and returns.
+    /// Drains: stops accepting, closes clients that are between
+    /// transactions (and the others as they finish theirs), and returns once
+    /// every session has ended or `grace` has passed. Sessions still open
+    /// then end with the process.
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
         self.tracker.close();
@@ -182,12 +185,31 @@ impl Proxy {
             .await
             .is_err()
         {
-            warn!("sessions still open at shutdown");
+            warn!(
+                sessions = self.tracker.len(),
+                "sessions still open at the end of the shutdown timeout"
+            );
         }
         if let Some(path) = &self.unix_path {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The client listener: `SO_REUSEADDR` always, `SO_REUSEPORT` on request
+/// (rolling restarts), and a backlog deep enough for connection storms.
+fn bind_tcp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn accept_tcp(

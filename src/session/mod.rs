@@ -52,6 +52,9 @@ pub struct Context {
     pub tls: Option<Arc<ClientTls>>,
     /// TLS towards PostgreSQL; `None` when not used.
     pub server_tls: Option<Arc<crate::tls::ServerTls>>,
+    /// Cancelled when the proxy starts draining (SIGTERM): clients between
+    /// transactions are told and closed; the others finish theirs first.
+    pub draining: tokio_util::sync::CancellationToken,
     /// Where `RELOAD` reads the configuration again; unset: TLS files only.
     pub config_source: std::sync::OnceLock<crate::reload::ConfigSource>,
     /// Clients connected now, against `pool.max_client_conn`.

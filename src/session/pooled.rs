@@ -40,11 +40,17 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
     let reset_query = &config.pool.server_reset_query;
     let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
+    let mut served_while_draining = false;
     let failure = loop {
         // Between transactions: no server connection is held.
-        let next = creader.ensure(&mut client, 5);
-        let got = match client_idle_timeout {
-            Some(limit) => match tokio::time::timeout(limit, next).await {
+        let next = async {
+            match client_idle_timeout {
+                Some(limit) => tokio::time::timeout(limit, creader.ensure(&mut client, 5)).await,
+                None => Ok(creader.ensure(&mut client, 5).await),
+            }
+        };
+        let got = tokio::select! {
+            got = next => match got {
                 Ok(r) => r,
                 Err(_) => {
                     break Some(ErrorFields::fatal(
@@ -53,7 +59,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
                     ))
                 }
             },
-            None => next.await,
+            _ = drain_idle(&ctx.draining) => break Some(shutting_down()),
         };
         match got {
             Ok(true) => {}
@@ -61,6 +67,11 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         }
         if creader.header().map(|(tag, _)| tag) == Some(b'X') {
             break None;
+        }
+        // Draining: a client that finished a transaction since gets no other
+        // (one that leaves at once, as a reconnecting client does, sees no error).
+        if served_while_draining {
+            break Some(shutting_down());
         }
         let local = answer_cached_parses(creader.buffered(), &cache, &mut state.statements)
             .or_else(|| answer_deallocate(creader.buffered(), &mut state.statements));
@@ -112,6 +123,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
             .await
         };
         ctx.cancels.detach(key);
+        served_while_draining = ctx.draining.is_cancelled();
         // Reported parameters changed during the period hold on this connection too.
         let backend = pooled.backend();
         for (name, value) in &state.params {
@@ -165,4 +177,20 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         let _ = client.write_all(&buf).await;
     }
     let _ = client.shutdown().await;
+}
+
+/// How long a client between transactions may stay once draining began,
+/// so one that has just logged in (or is about to send) gets its
+/// transaction done instead of an error.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resolves `DRAIN_IDLE` after draining begins.
+async fn drain_idle(draining: &tokio_util::sync::CancellationToken) {
+    draining.cancelled().await;
+    tokio::time::sleep(DRAIN_IDLE).await;
+}
+
+/// What a drained client is told.
+fn shutting_down() -> ErrorFields {
+    ErrorFields::fatal(SqlState::ADMIN_SHUTDOWN, "pgtenant is shutting down")
 }

@@ -203,3 +203,91 @@ pub async fn one_value(client: &tokio_postgres::Client, sql: &str) -> String {
         })
         .expect("a row")
 }
+
+/// Creates pgbench's tables in the tenant's schema as the admin role and lets
+/// the tenant's role use them.
+pub fn pgbench_init(schema: &str, role: &str) {
+    let b = backend();
+    let out = std::process::Command::new("pgbench")
+        .args([
+            "-i",
+            "-q",
+            "-s",
+            "1",
+            "-h",
+            &b.host,
+            "-p",
+            &b.port.to_string(),
+            "-U",
+            &b.user,
+            "crm_db",
+        ])
+        .env("PGPASSWORD", &b.password)
+        .env("PGOPTIONS", format!("-c search_path={schema}"))
+        .output()
+        .expect("pgbench runs");
+    assert!(
+        out.status.success(),
+        "pgbench -i: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            &b.host,
+            "-p",
+            &b.port.to_string(),
+            "-U",
+            &b.user,
+            "-d",
+            "crm_db",
+        ])
+        .args([
+            "-c",
+            &format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        ])
+        .env("PGPASSWORD", &b.password)
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "grant: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs pgbench through the proxy; returns (transactions processed, failed).
+pub fn pgbench(port: u16, user: &str, args: &[&str]) -> (u64, u64) {
+    let out = std::process::Command::new("pgbench")
+        .args(["-n", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
+        .args(args)
+        .arg("crm_db")
+        .env("PGPASSWORD", "alice-pw")
+        .output()
+        .expect("pgbench runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pgbench {args:?}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .find(|s| !s.is_empty())
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{text}"))
+    };
+    let failed = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("number of failed transactions: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    (field("number of transactions actually processed: "), failed)
+}
