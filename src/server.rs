@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpSocket, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -46,6 +47,9 @@ pub struct Proxy {
     addr: SocketAddr,
     unix_path: Option<PathBuf>,
     shutdown: CancellationToken,
+    /// Stops the registry's LISTEN connection, after the drain: sessions
+    /// still logging in while draining need it.
+    registry_stop: CancellationToken,
     tracker: TaskTracker,
     context: Arc<Context>,
     /// TLS towards PostgreSQL, kept here to reload it.
@@ -59,7 +63,8 @@ impl Proxy {
         let client_tls = ClientTls::load(&config.tls)?.map(Arc::new);
         let server_tls = ServerTls::load(&config.tls)?.map(Arc::new);
         let shutdown = CancellationToken::new();
-        let registry = Registry::start(&config.backend, shutdown.child_token()).await?;
+        let registry_stop = CancellationToken::new();
+        let registry = Registry::start(&config.backend, registry_stop.clone()).await?;
         let auth_file = crate::reload::load_auth_file(&config.auth.auth_file)?;
         let server_key =
             role_password(&config.backend.tenant_role_secret, "pgtenant mock secrets").into_bytes();
@@ -124,6 +129,7 @@ impl Proxy {
             addr,
             unix_path,
             shutdown,
+            registry_stop,
             tracker,
             context,
             server_tls,
@@ -190,6 +196,7 @@ impl Proxy {
                 "sessions still open at the end of the shutdown timeout"
             );
         }
+        self.registry_stop.cancel();
         if let Some(path) = &self.unix_path {
             let _ = std::fs::remove_file(path);
         }
@@ -218,15 +225,22 @@ async fn accept_tcp(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let start = |socket: tokio::net::TcpStream, peer: SocketAddr| {
+        let stream = Stream::Tcp(socket);
+        let _ = stream.set_nodelay();
+        tracker.spawn(session::run(stream, peer.to_string(), Arc::clone(&ctx)));
+    };
     while let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await {
         match accepted {
-            Ok((socket, peer)) => {
-                let stream = Stream::Tcp(socket);
-                let _ = stream.set_nodelay();
-                tracker.spawn(session::run(stream, peer.to_string(), Arc::clone(&ctx)));
-            }
+            Ok((socket, peer)) => start(socket, peer),
             Err(e) => accept_failed(e).await,
         }
+    }
+    // Connections the kernel already queued would be reset when the
+    // listener closes (with SO_REUSEPORT they are not moved to the new
+    // process): take them in too; they are drained like the others.
+    while let Some(Ok((socket, peer))) = listener.accept().now_or_never() {
+        start(socket, peer);
     }
 }
 
