@@ -65,6 +65,14 @@ enum Command {
         #[arg(long = "as", value_name = "NEW_ID")]
         as_id: Option<String>,
     },
+    /// Compare every tenant schema with tenant_template: tables, columns, indexes, constraints.
+    Drift {
+        /// Only this tenant.
+        #[arg(long = "tenant", value_name = "ID")]
+        tenant: Option<String>,
+    },
+    /// Rebuild the cross-tenant admin views (admin.all_<table>) in every service database.
+    AdminViews,
     /// Start a local demo: a PostgreSQL (private if none is configured), tenants acme and globex, and the proxy.
     Quickstart,
 }
@@ -100,6 +108,17 @@ enum TenantCommand {
         /// Display name.
         #[arg(long, default_value = "")]
         name: String,
+        /// Tenant settings as JSON, e.g. '{"pool_size": 5, "pool_mode": "transaction"}'
+        /// (keys: pool_size, pool_mode, statement_timeout, max_clients).
+        #[arg(long, value_name = "JSON")]
+        settings: Option<String>,
+    },
+    /// Change a tenant's settings (JSON merged into its config; null removes a key); running proxies apply them at once.
+    Configure {
+        /// Tenant id.
+        id: String,
+        /// E.g. '{"pool_size": 10}' or '{"pool_mode": null}'.
+        settings: String,
     },
     /// Add or update a tenant user that clients log in as (`user@tenant`).
     AddUser {
@@ -192,6 +211,16 @@ async fn run(cli: Cli) -> Result<()> {
             println!("tenant {id} restored from {}", dir.display());
             Ok(())
         }
+        Command::Drift { tenant } => drift(&config, tenant.as_deref()).await,
+        Command::AdminViews => {
+            for report in provision::rebuild_admin_views(&config).await? {
+                println!("{}: {}", report.database, report.views.join(", "));
+                for (view, tenant, why) in report.skipped {
+                    println!("  {view}: tenant {tenant} left out: {why}");
+                }
+            }
+            Ok(())
+        }
         Command::Quickstart => {
             let state_dir = Path::new(".pgtenant");
             let _cluster = provision::quickstart::prepare(&mut config, state_dir).await?;
@@ -212,10 +241,22 @@ async fn run(cli: Cli) -> Result<()> {
 /// `pgtenant tenant ...`.
 async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
     match action {
-        TenantCommand::Create { id, name } => {
+        TenantCommand::Create { id, name, settings } => {
             let id = TenantId::parse(&id)?;
+            // Checked before anything is created.
+            let settings = settings.as_deref().map(parse_settings).transpose()?;
             provision::create_tenant(config, &id, &name).await?;
+            if let Some(settings) = settings {
+                provision::lifecycle::set_tenant_config(config, &id, &settings).await?;
+            }
             println!("tenant {id} is active");
+            Ok(())
+        }
+        TenantCommand::Configure { id, settings } => {
+            let id = TenantId::parse(&id)?;
+            let settings = parse_settings(&settings)?;
+            let now = provision::lifecycle::set_tenant_config(config, &id, &settings).await?;
+            println!("tenant {id} config: {now}");
             Ok(())
         }
         TenantCommand::AddUser {
@@ -497,6 +538,51 @@ fn human_size(bytes: i64) -> String {
         value /= 1024.0;
     }
     format!("{value:.1} TB")
+}
+
+/// Prints each tenant's differences from the template; fails when any differ.
+async fn drift(config: &Config, tenant: Option<&str>) -> Result<()> {
+    let only = tenant.map(TenantId::parse).transpose()?;
+    let report = provision::drift(config, only.as_ref()).await?;
+    let mut drifted = 0;
+    for t in &report {
+        if t.differences.is_empty() {
+            continue;
+        }
+        drifted += 1;
+        println!("{} in {}:", t.tenant, t.database);
+        for d in &t.differences {
+            println!("  {d}");
+        }
+    }
+    let checked = report.len();
+    if drifted > 0 {
+        bail!("{drifted} of {checked} tenant schemas differ from tenant_template");
+    }
+    println!("{checked} tenant schemas match tenant_template");
+    Ok(())
+}
+
+/// Parses and checks tenant settings given on the command line.
+fn parse_settings(text: &str) -> Result<serde_json::Value> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("--settings is not JSON: {text}"))?;
+    let without_nulls = serde_json::Value::Object(
+        value
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    );
+    if !value.is_object() {
+        bail!("tenant settings must be a JSON object, not {text}");
+    }
+    provision::lifecycle::validate_tenant_settings(&without_nulls).map_err(anyhow::Error::msg)?;
+    Ok(value)
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {

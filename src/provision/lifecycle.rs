@@ -293,6 +293,9 @@ pub async fn drop_tenant(
         }
     }
     report.terminated_sessions = terminate_sessions(&registry, id, &roles).await?;
+    // Views over the tenant's tables go first (it is `dropping` now, so they
+    // leave it out); DROP SCHEMA ... CASCADE would take them whole otherwise.
+    super::admin_views::rebuild_admin_views(config).await?;
 
     let admin = quote_ident(&b.admin_user);
     let role_list = roles
@@ -401,4 +404,117 @@ async fn terminate_sessions(
         tracing::info!(tenant = %id, terminated, "terminated tenant sessions");
     }
     Ok(terminated)
+}
+
+/// Keys a tenant's `config` may hold, as the proxy reads them.
+pub const TENANT_SETTINGS: [&str; 4] =
+    ["pool_size", "pool_mode", "statement_timeout", "max_clients"];
+
+/// Checks a tenant `config` object: only [`TENANT_SETTINGS`], each with a
+/// value the proxy accepts (a positive count, a pool mode, a duration like
+/// `30s` or `500ms`). The message names the offending key.
+pub fn validate_tenant_settings(settings: &serde_json::Value) -> Result<(), String> {
+    let Some(map) = settings.as_object() else {
+        return Err("tenant config must be a JSON object".into());
+    };
+    for (key, value) in map {
+        let positive = || {
+            value
+                .as_u64()
+                .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+                .filter(|&n| n > 0 && n < 1_000_000)
+                .is_some()
+        };
+        let ok = match key.as_str() {
+            "pool_size" | "max_clients" => positive(),
+            "pool_mode" => value
+                .as_str()
+                .and_then(crate::config::PoolMode::parse)
+                .is_some(),
+            "statement_timeout" => value.as_str().is_some_and(is_duration) || value.is_u64(),
+            other => {
+                return Err(format!(
+                    "unknown tenant config key \"{other}\" (known: {})",
+                    TENANT_SETTINGS.join(", ")
+                ))
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "tenant config key \"{key}\": invalid value {value}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `30s`, `500ms`, `2min`, `1h` or plain milliseconds.
+fn is_duration(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_lowercase());
+    let unit = &s[digits.len()..];
+    !digits.is_empty()
+        && digits.len() < 12
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && ["", "ms", "s", "min", "h", "d"].contains(&unit)
+}
+
+/// Merges `settings` into the tenant's `config` (a `null` value removes a
+/// key); running proxies apply it through the registry notification.
+pub async fn set_tenant_config(
+    config: &Config,
+    id: &TenantId,
+    settings: &serde_json::Value,
+) -> Result<serde_json::Value, ProvisionError> {
+    validate_tenant_settings(&strip_nulls(settings)).map_err(ProvisionError::Invalid)?;
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let row = registry
+        .query_opt(
+            "UPDATE commons.tenants
+                SET config = jsonb_strip_nulls(coalesce(config, '{}'::jsonb) || $2::jsonb)
+              WHERE id = $1
+          RETURNING config",
+            &[&id.as_str(), &settings],
+        )
+        .await
+        .map_err(db_err(format!("setting the config of tenant {id}")))?;
+    match row {
+        Some(row) => Ok(row.get(0)),
+        None => Err(ProvisionError::UnknownTenant(id.to_string())),
+    }
+}
+
+/// `settings` without its `null` members (they mean "remove").
+fn strip_nulls(settings: &serde_json::Value) -> serde_json::Value {
+    match settings.as_object() {
+        Some(map) => serde_json::Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        None => settings.clone(),
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn known_keys_with_good_values_pass() {
+        let ok = json!({"pool_size": 5, "pool_mode": "transaction", "statement_timeout": "30s", "max_clients": "100"});
+        assert_eq!(validate_tenant_settings(&ok), Ok(()));
+    }
+
+    #[test]
+    fn bad_keys_and_values_are_named() {
+        let err = validate_tenant_settings(&json!({"pool_sise": 5})).unwrap_err();
+        assert!(err.contains("pool_sise"), "{err}");
+        let err = validate_tenant_settings(&json!({"pool_size": 0})).unwrap_err();
+        assert!(err.contains("pool_size"), "{err}");
+        let err = validate_tenant_settings(&json!({"statement_timeout": "1; DROP"})).unwrap_err();
+        assert!(err.contains("statement_timeout"), "{err}");
+        assert!(validate_tenant_settings(&json!([1])).is_err());
+    }
 }

@@ -249,6 +249,9 @@ pub async fn migrate(
     }
     outcomes.sort_by(|a, b| a.target.cmp(&b.target));
     drop(registry);
+    if !options.dry_run {
+        super::admin_views::rebuild_admin_views(&config).await?;
+    }
     Ok(outcomes)
 }
 

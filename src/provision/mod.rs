@@ -10,8 +10,10 @@
 //! `sql/`. It leaves reading the registry at runtime (cache, LISTEN/NOTIFY) to
 //! `crate::tenant`, and backend connections for clients to `crate::pool`.
 
+pub mod admin_views;
 pub mod backup;
 pub mod cluster;
+pub mod drift;
 pub mod init;
 pub mod lifecycle;
 pub mod migrate;
@@ -20,8 +22,10 @@ pub mod quickstart;
 pub mod restore;
 pub mod tenant;
 
+pub use admin_views::{rebuild_admin_views, ViewsReport};
 pub use backup::backup_tenant;
 pub use cluster::{server_binaries_available, ClusterOptions, LocalCluster};
+pub use drift::{drift, Difference, TenantDrift};
 pub use init::init;
 pub use lifecycle::{
     drop_tenant, list_tenants, resume_tenant, show_tenant, suspend_tenant, TenantDetails,

@@ -166,6 +166,7 @@ pub async fn restore_tenant(
         )
         .await
         .map_err(db_err(format!("activating tenant {new}")))?;
+    super::admin_views::rebuild_admin_views(config).await?;
     tracing::info!(tenant = %new, from = %orig, dir = %dir.display(), "tenant restored");
     Ok(new)
 }

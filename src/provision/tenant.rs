@@ -78,6 +78,7 @@ pub async fn create_tenant(
         )
         .await
         .map_err(db_err(format!("activating tenant {id}")))?;
+    super::admin_views::rebuild_admin_views(config).await?;
     tracing::info!(tenant = %id, "tenant provisioned");
     Ok(())
 }

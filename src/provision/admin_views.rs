@@ -1,0 +1,248 @@
+//! Cross-tenant views for the admin role (the seeds' `all_products`): in
+//! every service database, schema `admin` holds one view per tenant table,
+//! `admin.all_<table>`, with a `tenant_id` column followed by the table's
+//! columns, over every active or suspended tenant's schema.
+//!
+//! Rebuilt after each tenant create, drop, restore and migration, under an
+//! advisory lock so concurrent runs do not interleave. Only the admin role
+//! can read them: it owns schema `admin` and grants nothing on it. The
+//! column list of a view is the template's (`tenant_template`) when it has
+//! the table, else the first tenant's that has it; a tenant whose table
+//! lacks one of those columns, or has it with another type, is left out and
+//! reported, not guessed at.
+
+use tokio_postgres::Client;
+
+use crate::config::Config;
+
+use super::migrate::TEMPLATE_SCHEMA;
+use super::{admin_connect, db_err, quote_ident, quote_literal, ProvisionError};
+
+/// Advisory lock key (in the registry database) serialising view rebuilds and drops.
+const VIEWS_LOCK_KEY: i64 = 0x7067_7465_6e03;
+
+/// Schema holding the views.
+pub const ADMIN_SCHEMA: &str = "admin";
+
+/// What a rebuild did in one database.
+#[derive(Debug, Clone, Default)]
+pub struct ViewsReport {
+    /// The service database.
+    pub database: String,
+    /// Views (re)built, e.g. `admin.all_contacts`.
+    pub views: Vec<String>,
+    /// Tenants left out of a view: (view, tenant, why).
+    pub skipped: Vec<(String, String, String)>,
+}
+
+/// Rebuilds the cross-tenant views of every service database.
+pub async fn rebuild_admin_views(config: &Config) -> Result<Vec<ViewsReport>, ProvisionError> {
+    let b = &config.backend;
+    let registry = admin_connect(config, &b.registry_database).await?;
+    // One rebuild or drop at a time, and the tenant list read under the lock,
+    // so a rebuild never brings back a tenant that a drop has just left out.
+    take_views_lock(&registry).await?;
+    let tenants: Vec<String> = registry
+        .query(
+            "SELECT id FROM commons.tenants WHERE status IN ('active', 'suspended') ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(db_err("listing tenants"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut reports = Vec::new();
+    for db in &b.databases {
+        let mut client = admin_connect(config, db).await?;
+        reports.push(rebuild_in(&mut client, db, &b.admin_user, &tenants).await?);
+    }
+    Ok(reports)
+}
+
+/// Session lock on the registry connection; released when it closes.
+async fn take_views_lock(registry: &Client) -> Result<(), ProvisionError> {
+    registry
+        .query_one("SELECT pg_advisory_lock($1)", &[&VIEWS_LOCK_KEY])
+        .await
+        .map_err(db_err("locking the admin views"))?;
+    Ok(())
+}
+
+/// A column: name and type (`format_type`; a type defined in the schema
+/// itself, such as an enum made by a migration, is `None`: read as text).
+type Column = (String, Option<String>);
+
+/// Every table's columns in one schema, in order.
+async fn columns(
+    client: &Client,
+    schema: &str,
+) -> Result<Vec<(String, Vec<Column>)>, ProvisionError> {
+    let rows = client
+        .query(
+            "SELECT c.relname,
+                    array_agg(a.attname::text ORDER BY a.attnum),
+                    array_agg(CASE WHEN tn.nspname = $1 THEN NULL
+                                   ELSE format_type(a.atttypid, a.atttypmod) END
+                              ORDER BY a.attnum)
+               FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               JOIN pg_type t ON t.oid = a.atttypid
+               JOIN pg_namespace tn ON tn.oid = t.typnamespace
+              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+              GROUP BY c.relname ORDER BY c.relname",
+            &[&schema],
+        )
+        .await
+        .map_err(db_err(format!("reading the tables of schema {schema}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let names: Vec<String> = r.get(1);
+            let types: Vec<Option<String>> = r.get(2);
+            (r.get(0), names.into_iter().zip(types).collect())
+        })
+        .collect())
+}
+
+/// Each view reads through a function of its own (`admin.all_<table>_rows()`),
+/// not the tenant tables directly: PostgreSQL records no dependency on what
+/// a PL/pgSQL body reads, so the views never block a migration or an
+/// admin's DDL on a tenant table (a view stale until the next rebuild fails
+/// on reading, and only the admin reads it).
+async fn rebuild_in(
+    client: &mut Client,
+    db: &str,
+    admin: &str,
+    tenants: &[String],
+) -> Result<ViewsReport, ProvisionError> {
+    let mut report = ViewsReport {
+        database: db.to_string(),
+        ..Default::default()
+    };
+    let mut per_tenant = Vec::new();
+    for t in tenants {
+        per_tenant.push((t.clone(), columns(client, &format!("tenant_{t}")).await?));
+    }
+    // The template's column list of each table, else the first tenant's.
+    let mut reference: std::collections::BTreeMap<String, Vec<Column>> =
+        columns(client, TEMPLATE_SCHEMA)
+            .await?
+            .into_iter()
+            .collect();
+    for (_, tables) in &per_tenant {
+        for (table, cols) in tables {
+            reference
+                .entry(table.clone())
+                .or_insert_with(|| cols.clone());
+        }
+    }
+
+    let tx = client
+        .transaction()
+        .await
+        .map_err(db_err(format!("starting the view rebuild in {db}")))?;
+    let schema = quote_ident(ADMIN_SCHEMA);
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner};
+         REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;",
+        owner = quote_ident(admin),
+    ))
+    .await
+    .map_err(db_err(format!("creating schema admin in {db}")))?;
+    // Start clean: views (and their functions) of tables that went go too.
+    let existing: Vec<String> = tx
+        .query(
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relkind = 'v' AND c.relname LIKE 'all\\_%'",
+            &[&ADMIN_SCHEMA],
+        )
+        .await
+        .map_err(db_err(format!("listing the admin views of {db}")))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for view in existing {
+        tx.batch_execute(&format!(
+            "DROP VIEW IF EXISTS {schema}.{v};
+             DROP FUNCTION IF EXISTS {schema}.{f}();",
+            v = quote_ident(&view),
+            f = quote_ident(&format!("{view}_rows")),
+        ))
+        .await
+        .map_err(db_err(format!("dropping admin.{view} in {db}")))?;
+    }
+    for (table, cols) in &reference {
+        let view = format!("all_{table}");
+        // The schema says whose rows they are; a column of that name is superseded.
+        let cols: Vec<&Column> = cols.iter().filter(|(c, _)| c != "tenant_id").collect();
+        let mut parts = Vec::new();
+        for (tenant, tables) in &per_tenant {
+            let Some((_, have)) = tables.iter().find(|(t, _)| t == table) else {
+                continue;
+            };
+            let mismatch =
+                cols.iter()
+                    .find_map(|(name, ty)| match have.iter().find(|(n, _)| n == name) {
+                        None => Some(format!("its {table} has no column {name}")),
+                        Some((_, t)) if t != ty => Some(format!(
+                            "its {table}.{name} is {}, not {}",
+                            t.as_deref().unwrap_or("a type of its own"),
+                            ty.as_deref().unwrap_or("a type of its own")
+                        )),
+                        Some(_) => None,
+                    });
+            if let Some(why) = mismatch {
+                report
+                    .skipped
+                    .push((format!("{ADMIN_SCHEMA}.{view}"), tenant.clone(), why));
+                continue;
+            }
+            let select: Vec<String> = cols
+                .iter()
+                .map(|(name, ty)| match ty {
+                    Some(_) => format!("t.{}", quote_ident(name)),
+                    None => format!("t.{}::text", quote_ident(name)),
+                })
+                .collect();
+            parts.push(format!(
+                "SELECT {}::text, {} FROM {}.{} t",
+                quote_literal(tenant),
+                select.join(", "),
+                quote_ident(&format!("tenant_{tenant}")),
+                quote_ident(table)
+            ));
+        }
+        if parts.is_empty() {
+            continue;
+        }
+        let returns: Vec<String> = cols
+            .iter()
+            .map(|(name, ty)| format!("{} {}", quote_ident(name), ty.as_deref().unwrap_or("text")))
+            .collect();
+        let function = quote_ident(&format!("{view}_rows"));
+        tx.batch_execute(&format!(
+            "CREATE FUNCTION {schema}.{function}()
+                 RETURNS TABLE (tenant_id text, {returns})
+                 LANGUAGE plpgsql STABLE AS $body$
+             #variable_conflict use_column
+             BEGIN
+                 RETURN QUERY {union};
+             END
+             $body$;
+             REVOKE ALL ON FUNCTION {schema}.{function}() FROM PUBLIC;
+             CREATE VIEW {schema}.{view_name} AS SELECT * FROM {schema}.{function}();",
+            returns = returns.join(", "),
+            union = parts.join(" UNION ALL "),
+            view_name = quote_ident(&view),
+        ))
+        .await
+        .map_err(db_err(format!("creating admin.{view} in {db}")))?;
+        report.views.push(format!("{ADMIN_SCHEMA}.{view}"));
+    }
+    tx.commit()
+        .await
+        .map_err(db_err(format!("committing the admin views of {db}")))?;
+    Ok(report)
+}
