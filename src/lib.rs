@@ -8,6 +8,7 @@
 //! - [`net`]: TCP, Unix and TLS streams behind one type.
 //! - [`tls`]: certificates, handshakes and their reload (rustls), both sides.
 //! - [`config`]: the TOML configuration, validated.
+//! - [`logging`]: the log subscriber (text or JSON, level from config or `RUST_LOG`).
 //! - [`auth`]: client authentication (SCRAM-SHA-256, md5, trust) and secrets.
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
 //! - [`pool`]: per-tenant backend pools and server logins.
@@ -20,6 +21,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod logging;
 pub mod net;
 pub mod pool;
 pub mod protocol;

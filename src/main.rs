@@ -147,20 +147,16 @@ enum TenantCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // The config says how to log, so it is read first; its errors go to
+    // stderr through `main`'s error return.
+    let config = load_config(cli.config.as_deref())?;
+    pgtenant::logging::init(&config.log)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli.command, config))
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let mut config = load_config(cli.config.as_deref())?;
-    match cli.command {
+async fn run(command: Command, mut config: Config) -> Result<()> {
+    match command {
         Command::Serve => serve(config).await,
         Command::Init => {
             provision::init(&config).await?;
