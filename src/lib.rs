@@ -15,12 +15,14 @@
 //! - [`session`]: one client's life, the relay, cancel keys.
 //! - [`server`]: listeners and the running proxy.
 //! - [`provision`]: init, tenant creation, migrations, local clusters.
+//! - [`healthcheck`]: the `/healthz` probe behind `pgtenant healthcheck`.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
 pub mod config;
+pub mod healthcheck;
 pub mod logging;
 pub mod net;
 pub mod pool;

@@ -32,6 +32,12 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve,
+    /// Ask a running proxy's HTTP endpoint for /healthz: exit 0 on 200, 1 otherwise.
+    Healthcheck {
+        /// HOST:PORT of the proxy's HTTP endpoint.
+        #[arg(long, default_value = pgtenant::healthcheck::DEFAULT_ADDR)]
+        addr: String,
+    },
     /// Create the registry, the service databases and their shared functions (idempotent).
     Init,
     /// Manage tenants.
@@ -147,6 +153,10 @@ enum TenantCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Command::Healthcheck { addr } = &cli.command {
+        // A probe: no config file, no log setup.
+        return healthcheck(addr);
+    }
     // The config says how to log, so it is read first; its errors go to
     // stderr through `main`'s error return.
     let config = load_config(cli.config.as_deref())?;
@@ -158,6 +168,7 @@ fn main() -> Result<()> {
 async fn run(command: Command, mut config: Config) -> Result<()> {
     match command {
         Command::Serve => serve(config).await,
+        Command::Healthcheck { .. } => bail!("healthcheck is run before the config is read"),
         Command::Init => {
             provision::init(&config).await?;
             println!("registry and service databases are ready");
@@ -193,6 +204,25 @@ async fn run(command: Command, mut config: Config) -> Result<()> {
             println!("  => SHOW search_path;  SELECT current_setting('app.current_tenant');  SELECT * FROM contacts;");
             println!();
             serve(config).await
+        }
+    }
+}
+
+/// `pgtenant healthcheck`: one line on stdout and exit status 0 when
+/// healthy; one line on stderr and exit status 1 otherwise.
+fn healthcheck(addr: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(pgtenant::healthcheck::check(addr)) {
+        Ok(status) => {
+            println!("healthy: {status}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            std::process::exit(1);
         }
     }
 }
