@@ -61,6 +61,50 @@ pub struct Config {
     pub provision: ProvisionConfig,
     /// TLS towards clients and towards PostgreSQL.
     pub tls: TlsConfig,
+    /// What is logged, and how.
+    pub log: LogConfig,
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event, the client span's fields in front.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, the event's
+    /// fields at the top level, and the client span's fields under `span`.
+    Json,
+}
+
+/// `[log]`: log output and PgBouncer's per-connection log switches. Read at
+/// start only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or `tracing` filter directives (`info`, `warn,pgtenant=debug`).
+    /// `RUST_LOG`, when set, takes its place. Default `info`.
+    pub level: String,
+    /// `text` or `json`. Default `text`.
+    pub format: LogFormat,
+    /// An info line when a client has logged in: tenant, database, user,
+    /// client address, TLS. Default true.
+    pub log_connections: bool,
+    /// An info line when a client leaves: how long it stayed and why. Default true.
+    pub log_disconnections: bool,
+    /// Every error the proxy itself sends a client, logged at warn. Default true.
+    pub log_pooler_errors: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+            log_connections: true,
+            log_disconnections: true,
+            log_pooler_errors: true,
+        }
+    }
 }
 
 /// PgBouncer's `*_tls_sslmode` values, with libpq's meanings.
@@ -601,6 +645,15 @@ impl Config {
         self.tls
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        if self.log.level.trim().is_empty() {
+            return Err(invalid(
+                "log.level",
+                "must not be empty (e.g. \"info\")".into(),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
+        }
         if self.tenants.default_database.is_empty() {
             self.tenants.default_database = self.backend.databases[0].clone();
         } else if !self
@@ -701,6 +754,33 @@ mod tests {
     }
 
     #[test]
+    fn log_section() {
+        let c = Config::parse("", "p.toml").unwrap();
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert!(c.log.log_connections && c.log.log_disconnections && c.log.log_pooler_errors);
+        let c = Config::parse(
+            "[log]\nlevel = \"warn,pgtenant=debug\"\nformat = \"json\"\nlog_connections = false\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(!c.log.log_connections && c.log.log_disconnections);
+        let err = Config::parse("[log]\nformat = \"xml\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = Config::parse("[log]\nlevel = \"pgtenant=loud\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.level"), "{err}");
+        let err = Config::parse("[log]\nlog_connection = true\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log_connection"), "{err}");
+    }
+
+    #[test]
     fn identifiers() {
         assert!(is_identifier("tenant_acme"));
         assert!(!is_identifier("Acme"));
@@ -720,5 +800,7 @@ mod example_file {
         let config = Config::load(&path).unwrap();
         assert_eq!(config.listen.addr.port(), 6432);
         assert_eq!(config.backend.admin_password, "marvin");
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert!(config.log.log_connections);
     }
 }

@@ -8,6 +8,7 @@
 //! - [`net`]: TCP, Unix and TLS streams behind one type.
 //! - [`tls`]: certificates, handshakes and their reload (rustls), both sides.
 //! - [`config`]: the TOML configuration, validated.
+//! - [`logging`]: the log subscriber (text or JSON, level from config or `RUST_LOG`).
 //! - [`auth`]: client authentication (SCRAM-SHA-256, md5, trust) and secrets.
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
 //! - [`pool`]: per-tenant backend pools and server logins.
@@ -16,12 +17,15 @@
 //! - [`server`]: listeners and the running proxy.
 //! - [`reload`]: applying a re-read configuration to the running proxy.
 //! - [`provision`]: init, tenant creation, migrations, local clusters.
+//! - [`healthcheck`]: the `/healthz` probe behind `pgtenant healthcheck`.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod auth;
 pub mod config;
+pub mod healthcheck;
+pub mod logging;
 pub mod net;
 pub mod pool;
 pub mod protocol;

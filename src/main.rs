@@ -34,6 +34,12 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve,
+    /// Ask a running proxy's HTTP endpoint for /healthz: exit 0 on 200, 1 otherwise.
+    Healthcheck {
+        /// HOST:PORT of the proxy's HTTP endpoint.
+        #[arg(long, default_value = pgtenant::healthcheck::DEFAULT_ADDR)]
+        addr: String,
+    },
     /// Create the registry, the service databases and their shared functions (idempotent).
     Init,
     /// Manage tenants.
@@ -168,26 +174,26 @@ enum TenantCommand {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Command::Healthcheck { addr } = &cli.command {
+        // A probe: no config file, no log setup.
+        return healthcheck(addr);
+    }
+    // The config says how to log, so it is read first; its errors go to
+    // stderr through `main`'s error return.
+    let config = load_config(cli.config.as_deref())?;
+    pgtenant::logging::init(&config.log)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+    runtime.block_on(run(cli.command, cli.config, config))
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    let mut config = load_config(cli.config.as_deref())?;
-    match cli.command {
+async fn run(command: Command, config_path: Option<PathBuf>, mut config: Config) -> Result<()> {
+    match command {
         Command::Serve => {
-            let path = cli.config.clone();
             let source: ConfigSource =
-                Arc::new(move || load_config(path.as_deref()).map_err(|e| format!("{e:#}")));
+                Arc::new(move || load_config(config_path.as_deref()).map_err(|e| format!("{e:#}")));
             serve(config, Some(source)).await
         }
+        Command::Healthcheck { .. } => bail!("healthcheck is run before the config is read"),
         Command::Init => {
             provision::init(&config).await?;
             println!("registry and service databases are ready");
@@ -234,6 +240,25 @@ async fn run(cli: Cli) -> Result<()> {
             println!();
             // The quickstart's config is made here, not read from a file.
             serve(config, None).await
+        }
+    }
+}
+
+/// `pgtenant healthcheck`: one line on stdout and exit status 0 when
+/// healthy; one line on stderr and exit status 1 otherwise.
+fn healthcheck(addr: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match runtime.block_on(pgtenant::healthcheck::check(addr)) {
+        Ok(status) => {
+            println!("healthy: {status}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            std::process::exit(1);
         }
     }
 }

@@ -4,6 +4,8 @@
 //! TLS certificates are used, not owned, here.
 
 pub mod cancel;
+mod direct;
+mod events;
 pub mod expect;
 mod pooled;
 pub mod relay;
@@ -16,7 +18,8 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tracing::{debug, field::Empty, info_span, warn, Instrument};
+use tracing::field::{display, Empty};
+use tracing::{debug, info_span, warn, Instrument};
 
 use crate::auth::{self, AuthError, Secret};
 use crate::config::{seconds, Config, PoolMode, SslMode};
@@ -31,7 +34,8 @@ use crate::tenant::{
 use crate::tls::{ClientTls, ALPN_POSTGRESQL};
 
 pub use cancel::CancelMap;
-use relay::{relay, NotificationGate, RelayEnd, RelayState};
+use events::Ending;
+use relay::NotificationGate;
 
 /// Everything sessions share.
 pub struct Context {
@@ -141,6 +145,15 @@ enum SessionError {
 }
 
 impl SessionError {
+    /// What the client is told, and the detail behind it when that differs
+    /// (for the log only).
+    fn to_client_and_log(&self) -> (ErrorFields, Option<String>) {
+        let told = self.to_client();
+        let detail = self.to_string();
+        let cause = (detail != told.message).then_some(detail);
+        (told, cause)
+    }
+
     fn to_client(&self) -> ErrorFields {
         let code = match self {
             Self::Protocol(_) => SqlState::PROTOCOL_VIOLATION,
@@ -212,94 +225,100 @@ impl NotificationGate for TenantGate<'_> {
 }
 
 /// Serves one client connection to its end. Never panics on client input;
-/// every failure is reported to the client (when it is still there) and logged.
-pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
+/// every failure is reported to the client (when it is still there) and
+/// logged. Every line logged on its behalf carries the `client` span: its
+/// address, and its tenant, database and user once they are known.
+pub async fn run(client: Stream, peer: String, ctx: Arc<Context>) {
     let span = info_span!("client", %peer, tenant = Empty, db = Empty, user = Empty);
     async move {
-        let connected = ctx
-            .clients
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
-        let _slot = ClientSlot(&ctx.clients);
-        if connected > ctx.config().pool.max_client_conn {
-            let full = SessionError::Setting {
-                code: SqlState::TOO_MANY_CONNECTIONS,
-                message: "no more connections allowed (max_client_conn)".into(),
-            };
-            return refuse(&mut client, full).await;
-        }
-        let limit = seconds(ctx.config().listen.client_login_timeout);
-        let deadline = tokio::time::Instant::now() + limit;
-        // The TLS certificate's channel binding data, once TLS is up.
-        let mut binding: Option<Vec<u8>> = None;
-        let authed = loop {
-            let attempt = login(&mut client, &ctx, binding.as_deref());
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(Login::Done(authed))) => break *authed,
-                Ok(Ok(Login::Left)) => return,
-                Ok(Ok(Login::StartTls { direct })) => {
-                    match tokio::time::timeout_at(deadline, start_tls(client, &ctx, direct)).await {
-                        Ok(Some((tls, end_point))) => {
-                            client = tls;
-                            binding = Some(end_point);
-                        }
-                        Ok(None) => return,
-                        Err(_) => {
-                            return debug!("client_login_timeout expired in the TLS handshake")
-                        }
-                    }
-                }
-                Ok(Err(e)) => return refuse(&mut client, e).await,
-                Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
-            }
-        };
-        let Some(_tenant_slot) = TenantSlot::take(
-            &ctx.tenant_clients,
-            &authed.resolved.tenant,
-            authed.info.max_clients,
-        ) else {
-            let full = SessionError::Setting {
-                code: SqlState::TOO_MANY_CONNECTIONS,
-                message: format!("too many clients for tenant \"{}\"", authed.resolved.tenant),
-            };
-            return refuse(&mut client, full).await;
-        };
-        let ready = match attach(&mut client, &ctx, authed).await {
-            Ok(ready) => ready,
-            Err(e) => return refuse(&mut client, e).await,
-        };
-        match ready.mode {
-            PoolMode::Session => serve(client, ready, &ctx).await,
-            mode => pooled::serve(client, ready, &ctx, mode).await,
-        }
+        let started = tokio::time::Instant::now();
+        let ending = session(client, &ctx).await;
+        events::closed(&ctx.config().log, started.elapsed(), &ending);
     }
     .instrument(span)
     .await
 }
 
-async fn refuse(client: &mut Stream, error: SessionError) {
-    match &error {
-        SessionError::Protocol(ProtocolError::Closed) => debug!("client left during login"),
-        SessionError::Auth(_)
-        | SessionError::Resolve(_)
-        | SessionError::UnknownTenant(_)
-        | SessionError::SslRequired => {
-            debug!(error = %error, "login refused")
-        }
-        _ => warn!(error = %error, "login failed"),
+/// A client's life from accept to close, and why it ended.
+async fn session(mut client: Stream, ctx: &Context) -> Ending {
+    let connected = ctx
+        .clients
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+        + 1;
+    let _slot = ClientSlot(&ctx.clients);
+    if connected > ctx.config().pool.max_client_conn {
+        let full = SessionError::Setting {
+            code: SqlState::TOO_MANY_CONNECTIONS,
+            message: "no more connections allowed (max_client_conn)".into(),
+        };
+        return refuse(&mut client, ctx, full).await;
     }
-    let mut buf = BytesMut::new();
-    error.to_client().encode(&mut buf);
-    let _ = client.write_all(&buf).await;
+    let limit = seconds(ctx.config().listen.client_login_timeout);
+    let deadline = tokio::time::Instant::now() + limit;
+    // The TLS certificate's channel binding data, once TLS is up.
+    let mut binding: Option<Vec<u8>> = None;
+    let authed = loop {
+        let attempt = login(&mut client, ctx, binding.as_deref());
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(Login::Done(authed))) => break *authed,
+            Ok(Ok(Login::Cancel)) => return Ending::CancelRequest,
+            Ok(Ok(Login::StartTls { direct })) => {
+                match tokio::time::timeout_at(deadline, start_tls(client, ctx, direct)).await {
+                    Ok(Some((tls, end_point))) => {
+                        client = tls;
+                        binding = Some(end_point);
+                    }
+                    Ok(None) => return Ending::Closed("TLS handshake failed"),
+                    Err(_) => {
+                        return Ending::Closed("client_login_timeout expired in the TLS handshake")
+                    }
+                }
+            }
+            Ok(Err(e)) => return refuse(&mut client, ctx, e).await,
+            Err(_) => return refuse(&mut client, ctx, SessionError::LoginTimeout).await,
+        }
+    };
+    let Some(_tenant_slot) = TenantSlot::take(
+        &ctx.tenant_clients,
+        &authed.resolved.tenant,
+        authed.info.max_clients,
+    ) else {
+        let full = SessionError::Setting {
+            code: SqlState::TOO_MANY_CONNECTIONS,
+            message: format!("too many clients for tenant \"{}\"", authed.resolved.tenant),
+        };
+        return refuse(&mut client, ctx, full).await;
+    };
+    let ready = match attach(&mut client, ctx, authed).await {
+        Ok(ready) => ready,
+        Err(e) => return refuse(&mut client, ctx, e).await,
+    };
+    let tls = matches!(client, Stream::Tls(_));
+    events::logged_in(&ctx.config().log, tls, ready.pool_key.access, ready.mode);
+    match ready.mode {
+        PoolMode::Session => direct::serve(client, ready, ctx).await,
+        mode => pooled::serve(client, ready, ctx, mode).await,
+    }
+}
+
+/// Tells the client why it is refused, logs it, and closes.
+async fn refuse(client: &mut Stream, ctx: &Context, error: SessionError) -> Ending {
+    if let SessionError::Protocol(ProtocolError::Closed) = error {
+        return Ending::Closed("client left during login");
+    }
+    // The detail the client is not shown (hosts, server messages) goes in the log.
+    let (told, cause) = error.to_client_and_log();
+    events::send_error(client, &ctx.config().log, &told, cause.as_deref()).await;
     let _ = client.shutdown().await;
+    Ending::Refused(told)
 }
 
 /// How far `login` got.
 enum Login {
     /// Authenticated (boxed: it is far larger than the other outcomes).
     Done(Box<Authenticated>),
-    /// A cancel request was served, or the client left.
-    Left,
+    /// A cancel request was served.
+    Cancel,
     /// The client wants TLS: after an SSLRequest (answered `S`), or at once
     /// (`direct`, PostgreSQL 17's `sslnegotiation=direct`). Login starts over
     /// on the encrypted stream.
@@ -367,7 +386,7 @@ async fn login(
             }
             StartupPacket::CancelRequest { pid, secret } => {
                 ctx.cancels.cancel((pid, secret)).await;
-                return Ok(Login::Left);
+                return Ok(Login::Cancel);
             }
             StartupPacket::Startup { .. }
                 if tls_offered(client, ctx)
@@ -418,9 +437,10 @@ async fn login(
         &|t| ctx.registry.is_registered(t),
     )?;
     let span = tracing::Span::current();
-    span.record("tenant", resolved.tenant.as_str());
-    span.record("db", resolved.database.as_str());
-    span.record("user", resolved.user.as_str());
+    // As display values, so text output shows them unquoted, like `peer`.
+    span.record("tenant", display(&resolved.tenant));
+    span.record("db", display(&resolved.database));
+    span.record("user", display(&resolved.user));
 
     let info = ctx
         .registry
@@ -569,73 +589,6 @@ async fn lookup_secret(
         },
         None => Ok((None, AccessLevel::ReadWrite)),
     }
-}
-
-/// Relays until either side leaves, then returns or closes the backend.
-async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
-    let Ready {
-        mut backend,
-        key,
-        tenant,
-        ..
-    } = ready;
-    let (addr, backend_key) = {
-        let b = backend.backend();
-        (b.addr.clone(), b.key)
-    };
-    ctx.cancels.attach(key, &addr, backend_key);
-    let mut state = RelayState::default();
-    state.backend.last_status = b'I';
-    let gate = TenantGate {
-        registry: &ctx.registry,
-        pools: &ctx.pools,
-        tenant: &tenant,
-        admin: &ctx.config().backend.admin_user,
-        own_pid: backend_key.0,
-    };
-    let stats = std::sync::Arc::clone(backend.pool());
-    let meter = crate::stats::Meter::new(&stats.stats);
-    let end = relay(
-        &mut client,
-        &mut backend.backend().stream,
-        &mut state,
-        &gate,
-        &meter,
-    )
-    .await;
-    ctx.cancels.remove(key);
-    debug!(?end, "session ended");
-    match end {
-        RelayEnd::ClientTerminated | RelayEnd::ClientGone if state.backend_idle() => {
-            backend.release(&ctx.config().pool.server_reset_query).await;
-        }
-        RelayEnd::ClientTerminated | RelayEnd::ClientGone | RelayEnd::ClientCorrupt => {
-            if end == RelayEnd::ClientCorrupt {
-                let mut buf = BytesMut::new();
-                ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "invalid message length")
-                    .encode(&mut buf);
-                let _ = client.write_all(&buf).await;
-            }
-            // The backend may still be running the client's query: stop it,
-            // then close the connection rather than return it.
-            if state.client.syncs != state.backend.ready {
-                if let Err(e) = crate::pool::send_cancel(&addr, backend_key).await {
-                    debug!(error = %e, "cancel of abandoned query failed");
-                }
-            }
-            drop(backend);
-        }
-        RelayEnd::BackendGone | RelayEnd::BackendCorrupt => {
-            if state.backend.at_boundary() {
-                let mut buf = BytesMut::new();
-                ErrorFields::fatal(SqlState::CONNECTION_FAILURE, "server connection lost")
-                    .encode(&mut buf);
-                let _ = client.write_all(&buf).await;
-            }
-            drop(backend);
-        }
-    }
-    let _ = client.shutdown().await;
 }
 
 /// Startup parameters handled by the proxy itself, never applied as settings.

@@ -3,20 +3,34 @@
 //! bring it to the client's settings, relay until the connection owes
 //! nothing, give it back, repeat. The relaying itself is `txn`'s.
 
-use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::events::{self, Ending};
 use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
-use super::{settings, Context, Ready, TenantGate};
+use super::{settings, Context, Ready, SessionError, TenantGate};
 use crate::config::{optional_seconds, PoolMode};
 use crate::net::Stream;
 use crate::protocol::FrameReader;
 use crate::protocol::{ErrorFields, SqlState};
 use crate::stats::Meter;
 
-/// Serves a logged-in client in `mode` until it leaves.
-pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode: PoolMode) {
+/// How a pooled client's life ended. `Ok`: why it left; `Err`: the error it
+/// is sent, and the detail behind it that only the log gets.
+type Outcome = Result<&'static str, (ErrorFields, Option<String>)>;
+
+/// An error of the proxy's own for the client, with no hidden detail.
+fn fatal(code: SqlState, message: &str) -> (ErrorFields, Option<String>) {
+    (ErrorFields::fatal(code, message), None)
+}
+
+/// Serves a logged-in client in `mode` until it leaves, and says why it left.
+pub(super) async fn serve(
+    mut client: Stream,
+    ready: Ready,
+    ctx: &Context,
+    mode: PoolMode,
+) -> Ending {
     let Ready {
         backend,
         key,
@@ -41,7 +55,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
     let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
     let mut served_while_draining = false;
-    let failure = loop {
+    let outcome: Outcome = loop {
         // Between transactions: no server connection is held.
         let next = async {
             match client_idle_timeout {
@@ -53,42 +67,42 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
             got = next => match got {
                 Ok(r) => r,
                 Err(_) => {
-                    break Some(ErrorFields::fatal(
+                    break Err(fatal(
                         SqlState("57P05"),
                         "client_idle_timeout: closing an idle connection",
                     ))
                 }
             },
-            _ = drain_idle(&ctx.draining) => break Some(shutting_down()),
+            _ = drain_idle(&ctx.draining) => break Err((shutting_down(), None)),
         };
         match got {
             Ok(true) => {}
-            _ => break None,
+            _ => break Ok("client connection lost"),
         }
         if creader.header().map(|(tag, _)| tag) == Some(b'X') {
-            break None;
+            break Ok("client close request");
         }
         // Draining: a client that finished a transaction since gets no other
         // (one that leaves at once, as a reconnecting client does, sees no error).
         if served_while_draining {
-            break Some(shutting_down());
+            break Err((shutting_down(), None));
         }
         let local = answer_cached_parses(creader.buffered(), &cache, &mut state.statements)
             .or_else(|| answer_deallocate(creader.buffered(), &mut state.statements));
         if let Some((used, reply)) = local {
             creader.consume(used);
             if client.write_all(&reply).await.is_err() {
-                break None;
+                break Ok("client connection lost");
             }
             continue;
         }
         let mut pooled = match ctx.pools.checkout(&pool_key, &pool_limits).await {
             Ok(b) => b,
-            Err(e) => break Some(ErrorFields::fatal(e.sqlstate(), e.to_string())),
+            Err(e) => break Err(SessionError::Pool(e).to_client_and_log()),
         };
         if let Err(e) = settings::apply(pooled.backend(), &state.params).await {
             pooled.release(reset_query).await;
-            break Some(e.to_client());
+            break Err(e.to_client_and_log());
         }
         let backend = pooled.backend();
         let (addr, backend_key) = (backend.addr.clone(), backend.key);
@@ -143,26 +157,31 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
                     debug!(error = %e, "cancel of abandoned query failed");
                 }
                 drop(pooled);
-                break (end == TxnEnd::ClientCorrupt)
-                    .then(|| ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "invalid message"));
+                break match end {
+                    TxnEnd::ClientCorrupt => {
+                        Err(fatal(SqlState::PROTOCOL_VIOLATION, "invalid message"))
+                    }
+                    TxnEnd::ClientTerminated => Ok("client close request"),
+                    _ => Ok("client connection lost"),
+                };
             }
             TxnEnd::BackendGone | TxnEnd::BackendCorrupt => {
                 drop(pooled);
-                break Some(ErrorFields::fatal(
+                break Err(fatal(
                     SqlState::CONNECTION_FAILURE,
                     "server connection lost",
                 ));
             }
             TxnEnd::IdleTransactionTimeout => {
                 drop(pooled);
-                break Some(ErrorFields::fatal(
+                break Err(fatal(
                     SqlState("25P03"),
                     "idle_transaction_timeout: closing a connection idle inside a transaction",
                 ));
             }
             TxnEnd::TransactionInStatementMode => {
                 drop(pooled);
-                break Some(ErrorFields::fatal(
+                break Err(fatal(
                     SqlState::FEATURE_NOT_SUPPORTED,
                     "transaction blocks are not allowed in statement pooling mode",
                 ));
@@ -170,13 +189,16 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
         }
     };
     ctx.cancels.remove(key);
-    debug!(?failure, "session ended");
-    if let Some(error) = failure {
-        let mut buf = BytesMut::new();
-        error.encode(&mut buf);
-        let _ = client.write_all(&buf).await;
-    }
+    debug!(?outcome, "session ended");
+    let ending = match outcome {
+        Ok(why) => Ending::Closed(why),
+        Err((error, cause)) => {
+            events::send_error(&mut client, &config.log, &error, cause.as_deref()).await;
+            Ending::Failed(error)
+        }
+    };
     let _ = client.shutdown().await;
+    ending
 }
 
 /// How long a client between transactions may stay once draining began,

@@ -1,0 +1,101 @@
+//! The life of a client in session pooling, after login: it keeps the
+//! server connection it logged in with, the relay runs until either side
+//! leaves, and the connection is then cleaned and returned, or closed when
+//! it may still be busy. The relaying itself is `relay`'s.
+
+use tokio::io::AsyncWriteExt;
+use tracing::debug;
+
+use super::events::{self, Ending};
+use super::relay::{relay, RelayEnd, RelayState};
+use super::{Context, Ready, TenantGate};
+use crate::net::Stream;
+use crate::protocol::{ErrorFields, SqlState};
+
+/// Relays until either side leaves, then returns or closes the backend.
+pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context) -> Ending {
+    let Ready {
+        mut backend,
+        key,
+        tenant,
+        ..
+    } = ready;
+    let (addr, backend_key) = {
+        let b = backend.backend();
+        (b.addr.clone(), b.key)
+    };
+    ctx.cancels.attach(key, &addr, backend_key);
+    let mut state = RelayState::default();
+    state.backend.last_status = b'I';
+    let gate = TenantGate {
+        registry: &ctx.registry,
+        pools: &ctx.pools,
+        tenant: &tenant,
+        admin: &ctx.config().backend.admin_user,
+        own_pid: backend_key.0,
+    };
+    let stats = std::sync::Arc::clone(backend.pool());
+    let meter = crate::stats::Meter::new(&stats.stats);
+    let end = relay(
+        &mut client,
+        &mut backend.backend().stream,
+        &mut state,
+        &gate,
+        &meter,
+    )
+    .await;
+    ctx.cancels.remove(key);
+    debug!(?end, "session ended");
+    let config = ctx.config();
+    let log = &config.log;
+    let ending = match end {
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone if state.backend_idle() => {
+            backend.release(&ctx.config().pool.server_reset_query).await;
+            Ending::Closed(relay_reason(&end))
+        }
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone | RelayEnd::ClientCorrupt => {
+            let mut ending = Ending::Closed(relay_reason(&end));
+            if end == RelayEnd::ClientCorrupt {
+                let error =
+                    ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "invalid message length");
+                events::send_error(&mut client, log, &error, None).await;
+                ending = Ending::Failed(error);
+            }
+            // The backend may still be running the client's query: stop it,
+            // then close the connection rather than return it.
+            if state.client.syncs != state.backend.ready {
+                if let Err(e) = crate::pool::send_cancel(&addr, backend_key).await {
+                    debug!(error = %e, "cancel of abandoned query failed");
+                }
+            }
+            drop(backend);
+            ending
+        }
+        RelayEnd::BackendGone | RelayEnd::BackendCorrupt => {
+            let why = relay_reason(&end);
+            let mut ending = Ending::Closed(why);
+            if state.backend.at_boundary() {
+                let error =
+                    ErrorFields::fatal(SqlState::CONNECTION_FAILURE, "server connection lost");
+                let cause = (why != error.message).then_some(why);
+                events::send_error(&mut client, log, &error, cause).await;
+                ending = Ending::Failed(error);
+            }
+            drop(backend);
+            ending
+        }
+    };
+    let _ = client.shutdown().await;
+    ending
+}
+
+/// Why a relay's end closed the client, in a phrase.
+fn relay_reason(end: &RelayEnd) -> &'static str {
+    match end {
+        RelayEnd::ClientTerminated => "client close request",
+        RelayEnd::ClientGone => "client connection lost",
+        RelayEnd::ClientCorrupt => "client sent a malformed message",
+        RelayEnd::BackendGone => "server connection lost",
+        RelayEnd::BackendCorrupt => "server sent a malformed message",
+    }
+}
