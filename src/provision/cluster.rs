@@ -248,6 +248,22 @@ impl LocalCluster {
         )
     }
 
+    /// Stops the server and starts it again on the same port with its data
+    /// (for tests of clients riding out a PostgreSQL restart). Blocks like
+    /// [`LocalCluster::start`]. Refused for a cluster that removes its
+    /// directory when it stops.
+    pub fn restart(&mut self) -> Result<(), ProvisionError> {
+        if self.remove_on_exit {
+            return Err(ProvisionError::Cluster(
+                "a cluster that removes its directory on stop cannot be restarted".into(),
+            ));
+        }
+        self.stop();
+        self.launch(self.port).map_err(|e| match e {
+            Launch::PortTaken(msg) | Launch::Failed(msg) => ProvisionError::Cluster(msg),
+        })
+    }
+
     /// The data directory (`dir/data`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
