@@ -8,6 +8,7 @@
 //! - [`net`]: TCP, Unix and TLS streams behind one type.
 //! - [`tls`]: certificates, handshakes and their reload (rustls), both sides.
 //! - [`config`]: the TOML configuration, validated.
+//! - [`pgbouncer_ini`]: PgBouncer's `pgbouncer.ini`, read and mapped onto the configuration.
 //! - [`auth`]: client authentication (SCRAM-SHA-256, md5, trust) and secrets.
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
 //! - [`pool`]: per-tenant backend pools and server logins.
@@ -23,6 +24,7 @@
 pub mod auth;
 pub mod config;
 pub mod net;
+pub mod pgbouncer_ini;
 pub mod pool;
 pub mod protocol;
 pub mod provision;
