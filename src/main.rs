@@ -83,8 +83,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Print the pgtenant TOML equivalent of a PgBouncer ini; what does not
-    /// carry over is listed on stderr and at the end of the TOML.
+    /// Print the pgtenant TOML equivalent of a PgBouncer ini (--config is not
+    /// read); what does not carry over is listed on stderr and at the end.
     Convert {
         /// The pgbouncer.ini.
         file: PathBuf,

@@ -286,3 +286,54 @@ async fn pgtenant_serve_with_pgbouncer_ini() {
     }
     assert!(stderr.contains("pgtenant sizes buffers itself"), "{stderr}");
 }
+
+/// PgBouncer itself (Debian's 1.18) starts from the very same files.
+/// Needs `pgbouncer` installed (the pgbench benchmark installs it), so it
+/// runs on request: `cargo test --test pgbouncer_ini -- --ignored`.
+#[tokio::test]
+#[ignore = "needs PgBouncer installed"]
+async fn pgbouncer_accepts_the_same_files() {
+    let files = write_files("ini_bouncer");
+    let dir = files.ini.parent().expect("dir").to_path_buf();
+    let as_root = std::fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let mut cmd = if as_root {
+        // PgBouncer refuses to run as root.
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(status.success());
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "pgbouncer"]);
+        c
+    } else {
+        Command::new("pgbouncer")
+    };
+    // PgBouncer takes a relative %include from its working directory.
+    let child = cmd
+        .arg(&files.ini)
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pgbouncer");
+    let log = dir.join("pgbouncer.log");
+    let listening = format!("listening on 127.0.0.1:{}", files.port);
+    let up = eventually(Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let done = text.contains(&listening) || text.contains("FATAL");
+        async move { done }
+    })
+    .await;
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait_with_output();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        up && text.contains(&listening),
+        "PgBouncer refused the file:\n{text}"
+    );
+}

@@ -31,43 +31,48 @@ const RESERVE: &str = "not supported: pgtenant has no reserve pool; waiting pool
 const DNS: &str = "ignored: pgtenant resolves the backend host at each connection";
 const NOT_YET: &str = "not yet supported";
 
+/// The `[pgbouncer]` keys `map` carries over onto pgtenant's configuration.
+pub const MAPPED: &[&str] = &[
+    "listen_addr",
+    "listen_port",
+    "unix_socket_dir",
+    "auth_type",
+    "auth_file",
+    "pool_mode",
+    "default_pool_size",
+    "max_client_conn",
+    "max_db_connections",
+    "server_reset_query",
+    "query_wait_timeout",
+    "server_connect_timeout",
+    "server_idle_timeout",
+    "server_lifetime",
+    "idle_transaction_timeout",
+    "client_idle_timeout",
+    "client_login_timeout",
+    "max_prepared_statements",
+    "client_tls_sslmode",
+    "client_tls_key_file",
+    "client_tls_cert_file",
+    "client_tls_ca_file",
+    "server_tls_sslmode",
+    "server_tls_ca_file",
+    "server_tls_key_file",
+    "server_tls_cert_file",
+];
+
 /// How pgtenant treats `[pgbouncer]` key `key` (lowercase); `None`: not a
 /// PgBouncer key.
 pub fn pgbouncer_key(key: &str) -> Option<Treatment> {
     use Treatment::*;
     Some(match key {
-        "listen_addr"
-        | "listen_port"
-        | "unix_socket_dir"
-        | "auth_type"
-        | "auth_file"
-        | "pool_mode"
-        | "default_pool_size"
-        | "max_client_conn"
-        | "max_db_connections"
-        | "server_reset_query"
-        | "query_wait_timeout"
-        | "server_connect_timeout"
-        | "server_idle_timeout"
-        | "server_lifetime"
-        | "idle_transaction_timeout"
-        | "client_idle_timeout"
-        | "client_login_timeout"
-        | "max_prepared_statements"
-        | "client_tls_sslmode"
-        | "client_tls_key_file"
-        | "client_tls_cert_file"
-        | "client_tls_ca_file"
-        | "server_tls_sslmode"
-        | "server_tls_ca_file"
-        | "server_tls_key_file"
-        | "server_tls_cert_file" => Mapped,
+        k if MAPPED.contains(&k) => Mapped,
 
         "pkt_buf" | "sbuf_loopcnt" | "tcp_socket_buffer" => Ignored(BUFFERS),
         "listen_backlog" | "tcp_defer_accept" => Ignored(NETWORK),
         "max_packet_size" => Unsupported(
-            "not supported: pgtenant relays messages of any size; only startup packets \
-             are capped (listen.max_startup_packet)",
+            "not supported: pgtenant sets its own message limits (startup packets: \
+             listen.max_startup_packet)",
         ),
         "tcp_keepalive" | "tcp_keepcnt" | "tcp_keepidle" | "tcp_keepintvl"
         | "tcp_user_timeout" => Unsupported(KEEPALIVE),

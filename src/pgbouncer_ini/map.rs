@@ -244,9 +244,58 @@ fn listen_ip(e: &Entry, port: u16, out: &mut Mapped) -> Result<IpAddr, IniError>
     Ok(ip)
 }
 
+/// What a key that keeps its name in pgtenant holds.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// A whole number.
+    Count,
+    /// Seconds, 0 meaning no limit in both.
+    Seconds,
+    /// Seconds that pgtenant wants positive (PgBouncer's 0, no limit, is warned about).
+    PositiveSeconds,
+    /// A PgBouncer sslmode, which pgtenant spells the same.
+    SslMode,
+    /// A file, relative to the ini file that names it.
+    File,
+}
+
+/// Keys with the same name in pgtenant: (key, pgtenant section, kind).
+const SAME_NAME: &[(&str, &str, Kind)] = &[
+    ("default_pool_size", "pool", Kind::Count),
+    ("max_client_conn", "pool", Kind::Count),
+    ("max_prepared_statements", "pool", Kind::Count),
+    ("query_wait_timeout", "pool", Kind::PositiveSeconds),
+    ("server_connect_timeout", "pool", Kind::PositiveSeconds),
+    ("client_login_timeout", "listen", Kind::PositiveSeconds),
+    ("server_idle_timeout", "pool", Kind::Seconds),
+    ("server_lifetime", "pool", Kind::Seconds),
+    ("idle_transaction_timeout", "pool", Kind::Seconds),
+    ("client_idle_timeout", "pool", Kind::Seconds),
+    ("client_tls_sslmode", "tls", Kind::SslMode),
+    ("server_tls_sslmode", "tls", Kind::SslMode),
+    ("client_tls_cert_file", "tls", Kind::File),
+    ("client_tls_key_file", "tls", Kind::File),
+    ("client_tls_ca_file", "tls", Kind::File),
+    ("server_tls_ca_file", "tls", Kind::File),
+    ("server_tls_cert_file", "tls", Kind::File),
+    ("server_tls_key_file", "tls", Kind::File),
+];
+
+/// PgBouncer's (and pgtenant's) sslmode names.
+const SSL_MODES: [&str; 6] = [
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 /// A mapped `[pgbouncer]` key other than the listener's.
 fn map_key(key: &str, e: &Entry, databases: usize, out: &mut Mapped) -> Result<(), IniError> {
     let s = |v: &str| Value::String(v.to_string());
+    let keeps =
+        |what: &str, key: &str| format!("{what} is not supported; pool.{key} keeps its value");
     match key {
         "listen_addr" | "listen_port" => {} // see map_listen
         "unix_socket_dir" if e.value.starts_with('@') => out.warn(
@@ -265,15 +314,28 @@ fn map_key(key: &str, e: &Entry, databases: usize, out: &mut Mapped) -> Result<(
             let mode = pool_mode(e, &e.value)?;
             out.set("pool", "pool_mode", s(mode), e);
         }
-        "default_pool_size" => out.set("pool", "default_pool_size", int(e)?, e),
-        "max_client_conn" => out.set("pool", "max_client_conn", int(e)?, e),
-        "max_prepared_statements" if number::<u64>(e, "a whole number")? == 0 => out.warn(
+        "max_prepared_statements" if number::<u32>(e, "a whole number")? == 0 => out.warn(
             &e.origin,
             &e.key,
-            "0 (off) is not supported: pgtenant always tracks prepared statements in \
-             transaction mode; pool.max_prepared_statements keeps its value",
+            keeps(
+                "0 (off: pgtenant always tracks them in transaction mode)",
+                key,
+            ),
         ),
-        "max_prepared_statements" => out.set("pool", "max_prepared_statements", int(e)?, e),
+        "server_lifetime" if seconds(e)? == 0.0 => out.warn(
+            &e.origin,
+            &e.key,
+            keeps("0 (use each server connection once)", key),
+        ),
+        "server_reset_query" if e.value.is_empty() => out.warn(
+            &e.origin,
+            &e.key,
+            keeps(
+                "empty (no reset: pgtenant must clean a connection between clients)",
+                key,
+            ),
+        ),
+        "server_reset_query" => out.set("pool", "server_reset_query", s(&e.value), e),
         "max_db_connections" => {
             let per_db = i64::from(number::<u32>(e, "a whole number")?);
             let total = per_db.saturating_mul(databases.max(1) as i64);
@@ -289,48 +351,49 @@ fn map_key(key: &str, e: &Entry, databases: usize, out: &mut Mapped) -> Result<(
             }
             out.set("pool", "max_server_connections", Value::Integer(total), e);
         }
-        "server_reset_query" if e.value.is_empty() => out.warn(
-            &e.origin,
-            &e.key,
-            "empty (no reset) is not supported: pgtenant must clean a server connection \
-             before another client gets it; pool.server_reset_query keeps its value",
-        ),
-        "server_reset_query" => out.set("pool", "server_reset_query", s(&e.value), e),
-        "query_wait_timeout" | "server_connect_timeout" | "client_login_timeout" => {
-            let section = if key == "client_login_timeout" { "listen" } else { "pool" };
-            let value = seconds(e)?;
-            if value == 0.0 {
+        _ => match SAME_NAME.iter().find(|(k, ..)| *k == key) {
+            Some(&(name, section, kind)) => map_same_name(name, section, kind, e, out)?,
+            None => out.warn(&e.origin, &e.key, "not supported"),
+        },
+    }
+    Ok(())
+}
+
+/// A key pgtenant has under the same name.
+fn map_same_name(
+    name: &'static str,
+    section: &'static str,
+    kind: Kind,
+    e: &Entry,
+    out: &mut Mapped,
+) -> Result<(), IniError> {
+    let value = match kind {
+        Kind::Count => Value::Integer(i64::from(number::<u32>(e, "a whole number")?)),
+        Kind::Seconds => Value::Float(seconds(e)?),
+        Kind::PositiveSeconds => match seconds(e)? {
+            0.0 => {
                 out.warn(
                     &e.origin,
                     &e.key,
-                    format!("0 (no limit) is not supported; {section}.{key} keeps its value"),
+                    format!("0 (no limit) is not supported; {section}.{name} keeps its value"),
                 );
-            } else {
-                out.set(section, static_key(key), Value::Float(value), e);
+                return Ok(());
             }
-        }
-        "server_lifetime" if seconds(e)? == 0.0 => out.warn(
-            &e.origin,
-            &e.key,
-            "0 (use each server connection once) is not supported; pool.server_lifetime keeps its value",
-        ),
-        "server_idle_timeout" | "server_lifetime" | "idle_transaction_timeout"
-        | "client_idle_timeout" => {
-            out.set("pool", static_key(key), Value::Float(seconds(e)?), e);
-        }
-        "client_tls_sslmode" | "server_tls_sslmode" => {
-            const MODES: [&str; 6] = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"];
+            v => Value::Float(v),
+        },
+        Kind::SslMode => {
             let mode = e.value.to_ascii_lowercase();
-            if !MODES.contains(&mode.as_str()) {
-                return Err(value_error(e, format!("expected one of {}", MODES.join(", "))));
+            if !SSL_MODES.contains(&mode.as_str()) {
+                return Err(value_error(
+                    e,
+                    format!("expected one of {}", SSL_MODES.join(", ")),
+                ));
             }
-            out.set("tls", static_key(key), s(&mode), e);
+            Value::String(mode)
         }
-        _ if key.ends_with("_file") && key.contains("_tls_") => {
-            out.set("tls", static_key(key), s(&beside(e)), e);
-        }
-        _ => out.warn(&e.origin, &e.key, "not supported"),
-    }
+        Kind::File => Value::String(beside(e)),
+    };
+    out.set(section, name, value, e);
     Ok(())
 }
 
@@ -409,31 +472,6 @@ fn beside(e: &Entry) -> String {
         .to_string()
 }
 
-/// The `'static` spelling of a mapped key (they are pgtenant's names too).
-fn static_key(key: &str) -> &'static str {
-    const KEYS: &[&str] = &[
-        "query_wait_timeout",
-        "server_connect_timeout",
-        "client_login_timeout",
-        "server_idle_timeout",
-        "server_lifetime",
-        "idle_transaction_timeout",
-        "client_idle_timeout",
-        "client_tls_sslmode",
-        "server_tls_sslmode",
-        "client_tls_key_file",
-        "client_tls_cert_file",
-        "client_tls_ca_file",
-        "server_tls_ca_file",
-        "server_tls_key_file",
-        "server_tls_cert_file",
-    ];
-    KEYS.iter()
-        .find(|k| **k == key)
-        .copied()
-        .unwrap_or("unknown")
-}
-
 pub(super) fn pool_mode(e: &Entry, value: &str) -> Result<&'static str, IniError> {
     match PoolMode::parse(&value.to_ascii_lowercase()) {
         Some(PoolMode::Session) => Ok("session"),
@@ -458,11 +496,6 @@ pub(super) fn number<T: std::str::FromStr>(e: &Entry, what: &str) -> Result<T, I
     e.value
         .parse::<T>()
         .map_err(|_| value_error(e, format!("invalid value {:?}: expected {what}", e.value)))
-}
-
-fn int(e: &Entry) -> Result<Value, IniError> {
-    let n = number::<u32>(e, "a whole number")?;
-    Ok(Value::Integer(i64::from(n)))
 }
 
 fn seconds(e: &Entry) -> Result<f64, IniError> {

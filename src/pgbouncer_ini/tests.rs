@@ -309,9 +309,9 @@ fn values_pgtenant_cannot_take_are_warned_not_mapped() {
     assert_eq!(mapped_keys, ["listen.addr"]);
     for prefix in [
         "p.ini:3: key \"server_lifetime\": 0 (use each server connection once)",
-        "p.ini:4: key \"server_reset_query\": empty (no reset) is not supported",
+        "p.ini:4: key \"server_reset_query\": empty (no reset: pgtenant must clean",
         "p.ini:5: key \"query_wait_timeout\": 0 (no limit) is not supported",
-        "p.ini:6: key \"max_prepared_statements\": 0 (off) is not supported",
+        "p.ini:6: key \"max_prepared_statements\": 0 (off: pgtenant always tracks",
         "p.ini:7: key \"stray\": unknown key",
     ] {
         assert!(
@@ -468,4 +468,33 @@ fn reload_keeps_the_old_config_on_error() {
     let err = reload(&mut config, &toml_only).unwrap_err().to_string();
     assert!(err.contains("line 2"), "{err}");
     assert_eq!(config.pool.max_client_conn, 60);
+}
+
+/// Every key `keys` calls mapped is mapped by `map` (with a plausible value).
+#[test]
+fn every_mapped_key_is_mapped() {
+    let mut text = String::from("[pgbouncer]\n");
+    let names = keys::MAPPED;
+    for key in names {
+        assert_eq!(keys::pgbouncer_key(key), Some(keys::Treatment::Mapped));
+        let value = match *key {
+            "listen_addr" => "127.0.0.1",
+            "auth_type" => "trust",
+            "pool_mode" => "transaction",
+            k if k.ends_with("sslmode") => "disable",
+            k if k.ends_with("_file") || k.ends_with("_dir") => "/nonexistent",
+            "server_reset_query" => "DISCARD ALL",
+            _ => "5",
+        };
+        text.push_str(&format!("{key} = {value}\n"));
+    }
+    assert_eq!(names.len(), 26, "{names:?}");
+    let m = mapped(&text);
+    let unmapped: Vec<String> = warnings(&m)
+        .into_iter()
+        .filter(|w| w.ends_with("\": not supported"))
+        .collect();
+    assert!(unmapped.is_empty(), "{unmapped:?}");
+    // One setting per key, the listener's two keys making one.
+    assert_eq!(m.settings.len(), names.len() - 1, "{:#?}", m.settings);
 }
