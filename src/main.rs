@@ -558,7 +558,7 @@ fn convert(ini: &Path) -> Result<()> {
 }
 
 /// `pgtenant serve --pgbouncer-ini FILE`: the TOML with the ini on top, each
-/// key not carried over logged; SIGHUP and RELOAD read both files again.
+/// key not carried over logged; SIGHUP reads both files again.
 async fn serve_pgbouncer_ini(toml: Option<PathBuf>, ini: PathBuf) -> Result<()> {
     let sources = pgbouncer_ini::Sources {
         toml,

@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -224,6 +225,57 @@ async fn the_ini_is_served() {
     let pid_alice = one_value(&alice, "SELECT pg_backend_pid()").await;
     assert_eq!(pid_bob, pid_alice, "one server connection serves both");
     assert_eq!(one_value(&bob, "SELECT 1").await, "1");
+    proxy.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn reload_reads_the_ini_again_and_keeps_the_old_on_error() {
+    let files = write_files("ini_reload");
+    let config = pgbouncer_ini::load(&files.sources())
+        .expect("config loads")
+        .config;
+    tenant(&config, "ini_reload").await;
+    let proxy = start_proxy(config).await;
+    let sources = files.sources();
+    proxy.set_config_source(Arc::new(move || {
+        pgbouncer_ini::load(&sources)
+            .map(|loaded| loaded.config)
+            .map_err(|e| e.to_string())
+    }));
+    let text = std::fs::read_to_string(&files.ini).unwrap();
+    assert!(text.contains("\nmax_client_conn = 100\n"));
+
+    std::fs::write(
+        &files.ini,
+        text.replace("max_client_conn = 100", "max_client_conn = 7"),
+    )
+    .unwrap();
+    proxy.reload().expect("reload");
+    assert_eq!(proxy.context().config().pool.max_client_conn, 7);
+
+    std::fs::write(
+        &files.ini,
+        text.replace("max_client_conn = 100", "max_client_conn = lots"),
+    )
+    .unwrap();
+    let err = proxy.reload().unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "{}:28: key \"max_client_conn\": invalid value \"lots\"",
+            files.ini.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        proxy.context().config().pool.max_client_conn,
+        7,
+        "the old value stays"
+    );
+    let bob = connect(&proxy, "bob@ini_reload", "bob-pw", "")
+        .await
+        .unwrap();
+    assert_eq!(one_value(&bob, "SELECT 1").await, "1");
+    drop(bob);
     proxy.shutdown(Duration::from_secs(5)).await;
 }
 
