@@ -59,6 +59,7 @@ pub const MAPPED: &[&str] = &[
     "server_tls_ca_file",
     "server_tls_key_file",
     "server_tls_cert_file",
+    "so_reuseport",
 ];
 
 /// How pgtenant treats `[pgbouncer]` key `key` (lowercase); `None`: not a
@@ -76,7 +77,6 @@ pub fn pgbouncer_key(key: &str) -> Option<Treatment> {
         ),
         "tcp_keepalive" | "tcp_keepcnt" | "tcp_keepidle" | "tcp_keepintvl"
         | "tcp_user_timeout" => Unsupported(KEEPALIVE),
-        "so_reuseport" => Unsupported(NOT_YET),
         "client_tls_protocols"
         | "client_tls_ciphers"
         | "client_tls13_ciphers"

@@ -257,6 +257,8 @@ enum Kind {
     SslMode,
     /// A file, relative to the ini file that names it.
     File,
+    /// PgBouncer's booleans: 1/0, yes/no, on/off, true/false.
+    Bool,
 }
 
 /// Keys with the same name in pgtenant: (key, pgtenant section, kind).
@@ -279,6 +281,7 @@ const SAME_NAME: &[(&str, &str, Kind)] = &[
     ("server_tls_ca_file", "tls", Kind::File),
     ("server_tls_cert_file", "tls", Kind::File),
     ("server_tls_key_file", "tls", Kind::File),
+    ("so_reuseport", "listen", Kind::Bool),
 ];
 
 /// PgBouncer's (and pgtenant's) sslmode names.
@@ -392,6 +395,16 @@ fn map_same_name(
             Value::String(mode)
         }
         Kind::File => Value::String(beside(e)),
+        Kind::Bool => match e.value.to_ascii_lowercase().as_str() {
+            "1" | "yes" | "on" | "true" => Value::Boolean(true),
+            "0" | "no" | "off" | "false" => Value::Boolean(false),
+            _ => {
+                return Err(value_error(
+                    e,
+                    format!("invalid value {:?}: expected 1 or 0", e.value),
+                ))
+            }
+        },
     };
     out.set(section, name, value, e);
     Ok(())

@@ -63,7 +63,8 @@ fn debian_like_file() {
          client_tls_key_file = server.key\n\
          client_tls_ciphers = fast\n\
          pkt_buf = 8192\n\
-         pool_mod = transaction\n",
+         pool_mod = transaction\n\
+         so_reuseport = 1\n",
     );
     let v = |k: &str| value(&m, k).unwrap_or_else(|| panic!("{k} not mapped"));
     assert_eq!(v("listen.addr").as_str(), Some("127.0.0.1:6543"));
@@ -86,6 +87,7 @@ fn debian_like_file() {
     assert_eq!(v("pool.query_wait_timeout").as_float(), Some(30.0));
     assert_eq!(v("pool.server_idle_timeout").as_float(), Some(0.5));
     assert_eq!(v("tls.client_tls_sslmode").as_str(), Some("prefer"));
+    assert_eq!(v("listen.so_reuseport").as_bool(), Some(true));
     let key_file = v("tls.client_tls_key_file");
     assert!(Path::new(key_file.as_str().unwrap()).is_absolute());
     assert!(key_file.as_str().unwrap().ends_with("server.key"));
@@ -121,6 +123,7 @@ fn debian_like_file() {
     assert_eq!(c.pool.pool_mode, PoolMode::Session);
     assert_eq!(c.pool.max_client_conn, 300);
     assert_eq!(c.tls.client_tls_sslmode, SslMode::Prefer);
+    assert!(c.listen.so_reuseport);
     assert_eq!(c.tenants.default_database, "crm_db");
     assert!(
         text.contains("# p.ini:8 listen_addr, p.ini:9 listen_port\naddr = "),
@@ -157,6 +160,10 @@ fn bad_values_name_file_line_and_key() {
     );
     assert!(map_err("[pgbouncer]\nclient_tls_sslmode = maybe\n")
         .starts_with("p.ini:2: key \"client_tls_sslmode\": expected one of disable, allow"));
+    assert_eq!(
+        map_err("[pgbouncer]\nso_reuseport = maybe\n"),
+        "p.ini:2: key \"so_reuseport\": invalid value \"maybe\": expected 1 or 0"
+    );
     assert_eq!(
         map_err("[databases]\ncrm_db = port=54x\n"),
         "p.ini:2: key \"crm_db.port\": invalid value \"54x\": expected a port number"
@@ -484,11 +491,12 @@ fn every_mapped_key_is_mapped() {
             k if k.ends_with("sslmode") => "disable",
             k if k.ends_with("_file") || k.ends_with("_dir") => "/nonexistent",
             "server_reset_query" => "DISCARD ALL",
+            "so_reuseport" => "1",
             _ => "5",
         };
         text.push_str(&format!("{key} = {value}\n"));
     }
-    assert_eq!(names.len(), 26, "{names:?}");
+    assert_eq!(names.len(), 27, "{names:?}");
     let m = mapped(&text);
     let unmapped: Vec<String> = warnings(&m)
         .into_iter()
