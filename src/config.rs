@@ -504,6 +504,28 @@ impl Config {
         Ok(config)
     }
 
+    /// Deserializes and validates an already parsed TOML table (a file's,
+    /// with settings from elsewhere laid on top); relative paths are taken
+    /// from `dir`, as [`Config::load`] takes them from the file's directory.
+    pub fn from_table(
+        table: toml::Table,
+        origin: &str,
+        dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: origin.to_string(),
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+        if let Some(dir) = dir {
+            config.resolve_relative_paths(dir);
+        }
+        config.validate(origin)?;
+        Ok(config)
+    }
+
     fn resolve_relative_paths(&mut self, dir: &Path) {
         let tls = self.tls.files_mut();
         for file in std::iter::once(&mut self.auth.auth_file).chain(tls) {

@@ -9,6 +9,7 @@
 //! - [`tls`]: certificates, handshakes and their reload (rustls), both sides.
 //! - [`config`]: the TOML configuration, validated.
 //! - [`logging`]: the log subscriber (text or JSON, level from config or `RUST_LOG`).
+//! - [`pgbouncer_ini`]: PgBouncer's `pgbouncer.ini`, read and mapped onto the configuration.
 //! - [`auth`]: client authentication (SCRAM-SHA-256, md5, trust) and secrets.
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
 //! - [`pool`]: per-tenant backend pools and server logins.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod healthcheck;
 pub mod logging;
 pub mod net;
+pub mod pgbouncer_ini;
 pub mod pool;
 pub mod protocol;
 pub mod provision;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use pgtenant::config::{seconds, Config};
+use pgtenant::pgbouncer_ini;
 use pgtenant::provision;
 use pgtenant::reload::ConfigSource;
 use pgtenant::server::Proxy;
@@ -33,7 +34,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy.
-    Serve,
+    Serve {
+        /// A PgBouncer configuration whose settings replace the TOML's
+        /// (--config still gives the tenant registry, admin role and tenant
+        /// resolution, which the ini cannot say).
+        #[arg(long, value_name = "FILE")]
+        pgbouncer_ini: Option<PathBuf>,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
     /// Ask a running proxy's HTTP endpoint for /healthz: exit 0 on 200, 1 otherwise.
     Healthcheck {
         /// HOST:PORT of the proxy's HTTP endpoint.
@@ -81,6 +93,16 @@ enum Command {
     AdminViews,
     /// Start a local demo: a PostgreSQL (private if none is configured), tenants acme and globex, and the proxy.
     Quickstart,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the pgtenant TOML equivalent of a PgBouncer ini (--config is not
+    /// read); what does not carry over is listed on stderr and at the end.
+    Convert {
+        /// The pgbouncer.ini.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -186,11 +208,19 @@ fn main() -> Result<()> {
     runtime.block_on(run(cli.command, cli.config, config))
 }
 
-async fn run(command: Command, config_path: Option<PathBuf>, mut config: Config) -> Result<()> {
+async fn run(command: Command, config_file: Option<PathBuf>, mut config: Config) -> Result<()> {
     match command {
-        Command::Serve => {
+        Command::Config {
+            action: ConfigCommand::Convert { file },
+        } => convert(&file),
+        Command::Serve {
+            pgbouncer_ini: Some(ini),
+        } => serve_pgbouncer_ini(config_path(config_file.as_deref()), ini).await,
+        Command::Serve {
+            pgbouncer_ini: None,
+        } => {
             let source: ConfigSource =
-                Arc::new(move || load_config(config_path.as_deref()).map_err(|e| format!("{e:#}")));
+                Arc::new(move || load_config(config_file.as_deref()).map_err(|e| format!("{e:#}")));
             serve(config, Some(source)).await
         }
         Command::Healthcheck { .. } => bail!("healthcheck is run before the config is read"),
@@ -610,12 +640,49 @@ fn parse_settings(text: &str) -> Result<serde_json::Value> {
     Ok(value)
 }
 
+/// The TOML file in use: `--config`, else the default file when present.
+fn config_path(given: Option<&Path>) -> Option<PathBuf> {
+    match given {
+        Some(p) => Some(p.to_path_buf()),
+        None if Path::new(DEFAULT_CONFIG).exists() => Some(PathBuf::from(DEFAULT_CONFIG)),
+        None => None,
+    }
+}
+
 fn load_config(path: Option<&Path>) -> Result<Config> {
-    match path {
-        Some(p) => Ok(Config::load(p)?),
-        None if Path::new(DEFAULT_CONFIG).exists() => Ok(Config::load(Path::new(DEFAULT_CONFIG))?),
+    match config_path(path) {
+        Some(p) => Ok(Config::load(&p)?),
         None => Ok(Config::parse("", "built-in defaults")?),
     }
+}
+
+/// `pgtenant config convert FILE`: the TOML on stdout, warnings on stderr.
+fn convert(ini: &Path) -> Result<()> {
+    let (text, warnings) = pgbouncer_ini::convert(ini)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    print!("{text}");
+    Ok(())
+}
+
+/// `pgtenant serve --pgbouncer-ini FILE`: the TOML with the ini on top, each
+/// key not carried over logged; SIGHUP reads both files again.
+async fn serve_pgbouncer_ini(toml: Option<PathBuf>, ini: PathBuf) -> Result<()> {
+    let sources = pgbouncer_ini::Sources {
+        toml,
+        pgbouncer_ini: Some(ini),
+    };
+    let read = move || -> Result<Config, pgbouncer_ini::LoadError> {
+        let loaded = pgbouncer_ini::load(&sources)?;
+        for w in &loaded.warnings {
+            tracing::warn!(at = %w.origin, key = %w.key, "pgbouncer.ini: {}", w.message);
+        }
+        Ok(loaded.config)
+    };
+    let config = read()?;
+    let source: ConfigSource = Arc::new(move || read().map_err(|e| e.to_string()));
+    serve(config, Some(source)).await
 }
 
 async fn serve(config: Config, source: Option<ConfigSource>) -> Result<()> {

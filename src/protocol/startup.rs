@@ -201,7 +201,11 @@ mod tests {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                *b = if seed % 5 == 0 { 0 } else { seed as u8 };
+                *b = if seed.is_multiple_of(5) {
+                    0
+                } else {
+                    seed as u8
+                };
             }
             let _ = parse_startup(&body);
         }
