@@ -526,10 +526,13 @@ async fn wait_for_signal(proxy: &Proxy) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // The admin console's SHUTDOWN cancels it.
+    let stop = proxy.shutdown_token();
     loop {
         tokio::select! {
             r = tokio::signal::ctrl_c() => { r?; break; }
             _ = term.recv() => break,
+            () = stop.cancelled() => break,
             _ = hup.recv() => match proxy.reload() {
                 Ok(_) => tracing::info!("SIGHUP: configuration reloaded"),
                 Err(e) => tracing::warn!(error = %e, "SIGHUP: reload failed; keeping the configuration in force"),

@@ -4,6 +4,7 @@
 //! TLS certificates are used, not owned, here.
 
 pub mod cancel;
+pub mod clients;
 pub mod expect;
 mod pooled;
 pub mod relay;
@@ -58,6 +59,12 @@ pub struct Context {
     pub clients: std::sync::atomic::AtomicUsize,
     /// Clients connected now per tenant, against the tenant's `config.max_clients`.
     pub tenant_clients: dashmap::DashMap<TenantId, usize>,
+    /// Logged-in clients, for the admin console (SHOW CLIENTS, KILL).
+    pub client_list: clients::ClientList,
+    /// Cancelled to stop the whole proxy (the admin console's SHUTDOWN).
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Earlier counter snapshots, for the console's per-second averages.
+    pub stats_history: crate::stats::History<PoolKey>,
 }
 
 impl Context {
@@ -135,6 +142,10 @@ enum SessionError {
     LoginTimeout,
     #[error("SSL required")]
     SslRequired,
+    #[error("database \"{0}\" does not allow connections now (DISABLE)")]
+    Disabled(String),
+    #[error("user \"{0}\" is not allowed to use the admin console")]
+    NotConsoleUser(String),
 }
 
 impl SessionError {
@@ -149,7 +160,10 @@ impl SessionError {
             Self::Pool(e) => e.sqlstate(),
             Self::Setting { code, .. } => *code,
             Self::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
-            Self::SslRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            Self::SslRequired | Self::NotConsoleUser(_) => {
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            Self::Disabled(_) => SqlState::CANNOT_CONNECT_NOW,
         };
         // Internals (hosts, server messages at login) stay in the log.
         let message = match self {
@@ -233,6 +247,17 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
             let attempt = login(&mut client, &ctx, binding.as_deref());
             match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(Login::Done(authed))) => break *authed,
+                Ok(Ok(Login::Console(user))) => {
+                    let listed = ctx.client_list.add(clients::NewClient {
+                        peer: peer.clone(),
+                        pool: None,
+                        user: user.name.clone(),
+                        database: crate::admin::CONSOLE_DATABASE.into(),
+                        tls: client.is_tls(),
+                        state: clients::ClientState::Active,
+                    });
+                    return crate::admin::serve(client, &ctx, *user, &listed.entry).await;
+                }
                 Ok(Ok(Login::Left)) => return,
                 Ok(Ok(Login::StartTls { direct })) => {
                     match tokio::time::timeout_at(deadline, start_tls(client, &ctx, direct)).await {
@@ -261,13 +286,40 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
             };
             return refuse(&mut client, full).await;
         };
-        let ready = match attach(&mut client, &ctx, authed).await {
-            Ok(ready) => ready,
-            Err(e) => return refuse(&mut client, e).await,
+        let listed = ctx.client_list.add(clients::NewClient {
+            peer,
+            pool: Some(PoolKey {
+                tenant: authed.resolved.tenant.clone(),
+                database: authed.resolved.database.clone(),
+                access: authed.access,
+            }),
+            user: authed.resolved.user.clone(),
+            database: authed.resolved.database.clone(),
+            tls: client.is_tls(),
+            state: clients::ClientState::Waiting,
+        });
+        let entry = &listed.entry;
+        let kill = entry.kill.clone();
+        let ctx: &Context = &ctx;
+        let served = async move {
+            let ready = match attach(&mut client, ctx, authed).await {
+                Ok(ready) => ready,
+                Err(e) => return refuse(&mut client, e).await,
+            };
+            match ready.mode {
+                PoolMode::Session => {
+                    entry.set_state(clients::ClientState::Active);
+                    serve(client, ready, ctx).await
+                }
+                mode => {
+                    entry.set_state(clients::ClientState::Idle);
+                    pooled::serve(client, ready, ctx, mode, entry).await
+                }
+            }
         };
-        match ready.mode {
-            PoolMode::Session => serve(client, ready, &ctx).await,
-            mode => pooled::serve(client, ready, &ctx, mode).await,
+        tokio::select! {
+            () = served => {}
+            () = kill.cancelled() => debug!("client killed from the admin console"),
         }
     }
     .instrument(span)
@@ -295,6 +347,8 @@ async fn refuse(client: &mut Stream, error: SessionError) {
 enum Login {
     /// Authenticated (boxed: it is far larger than the other outcomes).
     Done(Box<Authenticated>),
+    /// Authenticated for the admin console.
+    Console(Box<crate::admin::ConsoleUser>),
     /// A cancel request was served, or the client left.
     Left,
     /// The client wants TLS: after an SSLRequest (answered `S`), or at once
@@ -407,6 +461,16 @@ async fn login(
         ));
     }
 
+    if params
+        .get("database")
+        .is_some_and(crate::admin::is_console_database)
+    {
+        if !buf.is_empty() {
+            client.write_all(&buf).await.map_err(ProtocolError::from)?;
+        }
+        return console_login(client, ctx, &params, binding).await;
+    }
+
     let resolved = tenant::resolve(
         &params,
         client.sni(),
@@ -419,6 +483,9 @@ async fn login(
     span.record("db", resolved.database.as_str());
     span.record("user", resolved.user.as_str());
 
+    if ctx.pools.controls().is_disabled(&resolved.database) {
+        return Err(SessionError::Disabled(resolved.database.clone()));
+    }
     let info = ctx
         .registry
         .tenant(resolved.tenant.as_str())
@@ -463,6 +530,39 @@ async fn login(
         access,
         wanted,
     })))
+}
+
+/// Authenticates an admin console user: its secret is the auth file's
+/// entry under its bare name, the exchange the same as for tenant clients;
+/// a user in neither `admin.admin_users` nor `admin.stats_users` is refused
+/// after it.
+async fn console_login(
+    client: &mut Stream,
+    ctx: &Context,
+    params: &StartupParams,
+    binding: Option<&[u8]>,
+) -> Result<Login, SessionError> {
+    let config = ctx.config();
+    let name = params.get("user").unwrap_or_default().to_string();
+    tracing::Span::current().record("db", crate::admin::CONSOLE_DATABASE);
+    tracing::Span::current().record("user", name.as_str());
+    let secret = ctx.auth_file.load().get(&name).cloned();
+    auth::authenticate(
+        client,
+        config.auth.method,
+        &name,
+        secret.as_ref(),
+        &ctx.server_key,
+        binding,
+    )
+    .await?;
+    if secret.is_none() {
+        return Err(AuthError::Failed(name).into());
+    }
+    match crate::admin::ConsoleUser::new(&config.admin, name) {
+        Ok(user) => Ok(Login::Console(Box::new(user))),
+        Err(name) => Err(SessionError::NotConsoleUser(name)),
+    }
 }
 
 /// A client that has proved who it is and has no backend yet.

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::clients::{ClientEntry, ClientState as Listed};
 use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
 use super::{settings, Context, Ready, TenantGate};
 use crate::config::{optional_seconds, PoolMode};
@@ -16,7 +17,13 @@ use crate::protocol::{ErrorFields, SqlState};
 use crate::stats::Meter;
 
 /// Serves a logged-in client in `mode` until it leaves.
-pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode: PoolMode) {
+pub(super) async fn serve(
+    mut client: Stream,
+    ready: Ready,
+    ctx: &Context,
+    mode: PoolMode,
+    entry: &ClientEntry,
+) {
     let Ready {
         backend,
         key,
@@ -71,10 +78,12 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
             }
             continue;
         }
+        entry.set_state(Listed::Waiting);
         let mut pooled = match ctx.pools.checkout(&pool_key, &pool_limits).await {
             Ok(b) => b,
             Err(e) => break Some(ErrorFields::fatal(e.sqlstate(), e.to_string())),
         };
+        entry.set_state(Listed::Active);
         if let Err(e) = settings::apply(pooled.backend(), &state.params).await {
             pooled.release(reset_query).await;
             break Some(e.to_client());
@@ -112,6 +121,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
             .await
         };
         ctx.cancels.detach(key);
+        entry.set_state(Listed::Idle);
         // Reported parameters changed during the period hold on this connection too.
         let backend = pooled.backend();
         for (name, value) in &state.params {
