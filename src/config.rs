@@ -76,7 +76,7 @@ pub struct AdminConfig {
     /// Users who may run the SHOW commands only. Default none.
     pub stats_users: Vec<String>,
     /// Seconds over which SHOW STATS averages are taken (PgBouncer's
-    /// `stats_period`). Default 15; needs a restart.
+    /// `stats_period`). Default 15; a new value applies from the next period.
     pub stats_period: f64,
 }
 
