@@ -63,6 +63,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// What is logged, and how.
     pub log: LogConfig,
+    /// The admin console.
+    pub admin: AdminConfig,
 }
 
 /// How log lines are written to standard error.
@@ -103,6 +105,31 @@ impl Default for LogConfig {
             log_connections: true,
             log_disconnections: true,
             log_pooler_errors: true,
+        }
+    }
+}
+
+/// `[admin]`: the admin console, the virtual database `pgbouncer` (alias
+/// `pgtenant`). Users authenticate with their entry in `auth.auth_file`
+/// under their bare name. Reload applies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Users who may run every console command. Default none.
+    pub admin_users: Vec<String>,
+    /// Users who may run the SHOW commands only. Default none.
+    pub stats_users: Vec<String>,
+    /// Seconds over which SHOW STATS averages are taken (PgBouncer's
+    /// `stats_period`). Default 15; a new value applies from the next period.
+    pub stats_period: f64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            admin_users: Vec::new(),
+            stats_users: Vec::new(),
+            stats_period: 15.0,
         }
     }
 }
@@ -538,7 +565,9 @@ impl Config {
         }
     }
 
-    fn validate(&mut self, origin: &str) -> Result<(), ConfigError> {
+    /// Checks values that parse but may not make sense, filling in derived
+    /// defaults; `origin` names the source in errors.
+    pub fn validate(&mut self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: origin.to_string(),
             key: key.to_string(),
@@ -554,6 +583,7 @@ impl Config {
                 "pool.server_connect_timeout",
                 self.pool.server_connect_timeout,
             ),
+            ("admin.stats_period", self.admin.stats_period),
         ] {
             if !(value.is_finite() && value > 0.0 && value < 1e9) {
                 return Err(invalid(
@@ -824,5 +854,8 @@ mod example_file {
         assert_eq!(config.backend.admin_password, "marvin");
         assert_eq!(config.log.format, LogFormat::Text);
         assert!(config.log.log_connections);
+        assert_eq!(config.admin.admin_users, ["admin"]);
+        assert_eq!(config.admin.stats_users, ["stats"]);
+        assert_eq!(config.admin.stats_period, 15.0);
     }
 }

@@ -17,12 +17,14 @@
 //! - [`stats`]: per-pool traffic counters (PgBouncer's SHOW STATS).
 //! - [`server`]: listeners and the running proxy.
 //! - [`reload`]: applying a re-read configuration to the running proxy.
+//! - [`admin`]: the admin console (PgBouncer's SHOW, PAUSE, RESUME, ...).
 //! - [`provision`]: init, tenant creation, migrations, local clusters.
 //! - [`healthcheck`]: the `/healthz` probe behind `pgtenant healthcheck`.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod healthcheck;

@@ -84,6 +84,9 @@ impl Proxy {
             config_source: Default::default(),
             clients: Default::default(),
             tenant_clients: Default::default(),
+            client_list: Default::default(),
+            shutdown: shutdown.clone(),
+            stats_history: Default::default(),
             config: arc_swap::ArcSwap::from_pointee(config),
         });
 
@@ -124,6 +127,10 @@ impl Proxy {
             unix_path = Some(path);
         }
         tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));
+        tracker.spawn(crate::admin::record_stats(
+            Arc::clone(&context),
+            shutdown.clone(),
+        ));
         info!(%addr, tenants = context.registry.len(), "pgtenant is accepting clients");
         Ok(Proxy {
             addr,

@@ -201,6 +201,62 @@ impl<'a> Meter<'a> {
     }
 }
 
+/// Counter snapshots taken once per stats period, so per-second averages
+/// over the last complete period can be given (PgBouncer's `SHOW STATS`
+/// `avg_*`). Keyed by whatever the reader aggregates over (pools).
+pub struct History<K> {
+    state: std::sync::Mutex<HistoryState<K>>,
+}
+
+struct HistoryState<K> {
+    previous: Option<(Instant, std::collections::HashMap<K, StatsSnapshot>)>,
+    last: Option<(Instant, std::collections::HashMap<K, StatsSnapshot>)>,
+}
+
+impl<K> Default for History<K> {
+    fn default() -> Self {
+        History {
+            state: std::sync::Mutex::new(HistoryState {
+                previous: None,
+                last: None,
+            }),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> History<K> {
+    /// Records the counters at the end of a period.
+    pub fn record(&self, at: Instant, counters: std::collections::HashMap<K, StatsSnapshot>) {
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        st.previous = st.last.take();
+        st.last = Some((at, counters));
+    }
+
+    /// What each key did during the last complete period, and that
+    /// period's length in seconds (0 before two periods were recorded).
+    /// A key new in the period counts from zero.
+    pub fn last_period(&self) -> (std::collections::HashMap<K, StatsSnapshot>, f64) {
+        let st = match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (Some((t0, before)), Some((t1, after))) = (&st.previous, &st.last) else {
+            return (Default::default(), 0.0);
+        };
+        let deltas = after
+            .iter()
+            .map(|(k, s)| {
+                let zero = StatsSnapshot::default();
+                (k.clone(), s.since(before.get(k).unwrap_or(&zero)))
+            })
+            .collect();
+        (deltas, t1.duration_since(*t0).as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +293,28 @@ mod tests {
         // A reply with no request seen still counts, untimed.
         meter.ready(1, b'I');
         assert_eq!(stats.snapshot().query_count, 4);
+    }
+
+    #[test]
+    fn history_gives_the_last_complete_period() {
+        let h: History<&str> = History::default();
+        assert_eq!(h.last_period().1, 0.0);
+        let t0 = Instant::now();
+        let a = StatsSnapshot {
+            query_count: 5,
+            ..Default::default()
+        };
+        h.record(t0, [("x", a)].into());
+        let mut b = a;
+        b.query_count = 35;
+        h.record(
+            t0 + std::time::Duration::from_secs(15),
+            [("x", b), ("y", a)].into(),
+        );
+        let (d, secs) = h.last_period();
+        assert_eq!(secs, 15.0);
+        assert_eq!(d["x"].query_count, 30);
+        assert_eq!(d["y"].query_count, 5);
     }
 
     #[test]

@@ -552,7 +552,10 @@ fn systemd_unit_has_what_production_needs() {
     assert_eq!(get("Service.ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(get("Service.KillSignal"), "SIGTERM");
     let stop: u64 = get("Service.TimeoutStopSec").parse().unwrap();
-    assert!(stop > 30, "longer than listen.shutdown_timeout (30 s by default)");
+    assert!(
+        stop > 30,
+        "longer than listen.shutdown_timeout (30 s by default)"
+    );
     assert_eq!(get("Service.LimitNOFILE"), "65536");
     assert_eq!(get("Service.NoNewPrivileges"), "yes");
     assert_eq!(get("Service.ProtectSystem"), "strict");

@@ -21,7 +21,6 @@ const KEEPALIVE: &str =
 const TLS_TUNING: &str =
     "ignored: pgtenant uses rustls's protocol versions (TLS 1.2, 1.3) and cipher suites";
 const LOGGING: &str = "not yet supported: pgtenant logs to stderr; RUST_LOG sets what is logged";
-const CONSOLE: &str = "not yet supported: pgtenant has no admin console yet";
 const AUTH_QUERY: &str = "not supported: pgtenant looks users up in auth_file, then in its \
      registry (commons.tenant_users), never with a query";
 const USER_LIMITS: &str = "not supported: pgtenant limits connections per pool and in all \
@@ -60,6 +59,12 @@ pub const MAPPED: &[&str] = &[
     "server_tls_key_file",
     "server_tls_cert_file",
     "so_reuseport",
+    "admin_users",
+    "stats_users",
+    "stats_period",
+    "log_connections",
+    "log_disconnections",
+    "log_pooler_errors",
 ];
 
 /// How pgtenant treats `[pgbouncer]` key `key` (lowercase); `None`: not a
@@ -86,9 +91,9 @@ pub fn pgbouncer_key(key: &str) -> Option<Treatment> {
         | "server_tls_ciphers"
         | "server_tls13_ciphers" => Ignored(TLS_TUNING),
 
-        "logfile" | "syslog" | "syslog_ident" | "syslog_facility" | "log_connections"
-        | "log_disconnections" | "log_pooler_errors" | "log_stats" | "verbose"
-        | "stats_period" => Unsupported(LOGGING),
+        "logfile" | "syslog" | "syslog_ident" | "syslog_facility" | "log_stats" | "verbose" => {
+            Unsupported(LOGGING)
+        }
         "pidfile" => Unsupported("not yet supported: pgtenant writes no pid file"),
         "user" => Unsupported(
             "not supported: pgtenant does not change its Unix user; start it as the user it should run as",
@@ -97,7 +102,6 @@ pub fn pgbouncer_key(key: &str) -> Option<Treatment> {
             "not yet supported: the socket gets the process's umask and group",
         ),
         "conffile" | "service_name" | "job_name" => Ignored("ignored: PgBouncer-only process setting"),
-        "admin_users" | "stats_users" => Unsupported(CONSOLE),
 
         "auth_user" | "auth_query" | "auth_dbname" => Unsupported(AUTH_QUERY),
         "auth_hba_file" | "auth_ident_file" | "auth_ldap_options" => Unsupported(

@@ -282,6 +282,10 @@ const SAME_NAME: &[(&str, &str, Kind)] = &[
     ("server_tls_cert_file", "tls", Kind::File),
     ("server_tls_key_file", "tls", Kind::File),
     ("so_reuseport", "listen", Kind::Bool),
+    ("stats_period", "admin", Kind::PositiveSeconds),
+    ("log_connections", "log", Kind::Bool),
+    ("log_disconnections", "log", Kind::Bool),
+    ("log_pooler_errors", "log", Kind::Bool),
 ];
 
 /// PgBouncer's (and pgtenant's) sslmode names.
@@ -307,6 +311,21 @@ fn map_key(key: &str, e: &Entry, databases: usize, out: &mut Mapped) -> Result<(
             "not supported: sockets in the abstract namespace; no Unix socket is opened",
         ),
         "unix_socket_dir" => out.set("listen", "unix_socket_dir", s(&e.value), e),
+        "admin_users" | "stats_users" => {
+            let users = e
+                .value
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(s)
+                .collect();
+            let name = if key == "admin_users" {
+                "admin_users"
+            } else {
+                "stats_users"
+            };
+            out.set("admin", name, Value::Array(users), e);
+        }
         "auth_type" => map_auth_type(e, out),
         "auth_file" => {
             let path = beside(e);

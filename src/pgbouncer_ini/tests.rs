@@ -491,12 +491,13 @@ fn every_mapped_key_is_mapped() {
             k if k.ends_with("sslmode") => "disable",
             k if k.ends_with("_file") || k.ends_with("_dir") => "/nonexistent",
             "server_reset_query" => "DISCARD ALL",
-            "so_reuseport" => "1",
+            "so_reuseport" | "log_connections" | "log_disconnections" | "log_pooler_errors" => "1",
+            "admin_users" | "stats_users" => "admin, ops",
             _ => "5",
         };
         text.push_str(&format!("{key} = {value}\n"));
     }
-    assert_eq!(names.len(), 27, "{names:?}");
+    assert_eq!(names.len(), 33, "{names:?}");
     let m = mapped(&text);
     let unmapped: Vec<String> = warnings(&m)
         .into_iter()

@@ -88,6 +88,10 @@ pub struct Backend {
     /// Settings the proxy set for a client that the server does not report
     /// (e.g. `statement_timeout`), so the next client can be given its own.
     pub applied: Vec<(String, String)>,
+    /// Its pool's generation when it was opened (see `Pool::generation`).
+    pub generation: u64,
+    /// Its entry in the list of open server connections, removed on close.
+    pub registration: Option<super::control::ServerRegistration>,
 }
 
 impl Backend {
@@ -123,6 +127,8 @@ impl Backend {
             up: BytesMut::new(),
             down: BytesMut::new(),
             applied: Vec::new(),
+            generation: 0,
+            registration: None,
         };
         loop {
             let msg = read_message(&mut backend.stream, MAX_SERVER_MESSAGE).await?;

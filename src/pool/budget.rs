@@ -85,6 +85,9 @@ pub struct Pool {
     pub budget: Arc<Budget>,
     /// Its traffic counters.
     pub stats: crate::stats::PoolStats,
+    /// Bumped by RECONNECT: a connection of an older generation is closed
+    /// when it comes back instead of being reused.
+    pub generation: std::sync::atomic::AtomicU64,
 }
 
 /// The global budget of server connections.
@@ -206,6 +209,11 @@ impl Pool {
     /// pool, to another pool if this one holds more than its fair share while
     /// others wait, or to the idle list.
     pub fn give_back(self: &Arc<Self>, backend: Backend) {
+        if backend.generation != self.generation() {
+            drop(backend);
+            self.slot_freed();
+            return;
+        }
         let mut st = lock(&self.state);
         if let Some(fair) = self.budget.contention(self) {
             if st.open > fair || st.waiters.is_empty() {
@@ -272,6 +280,11 @@ impl Pool {
             self.budget.hand_on();
         }
         closed
+    }
+
+    /// The current generation (see [`Pool::generation`]'s field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes one idle connection away from this pool for another, if it has

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod budget;
+pub mod control;
 pub mod statements;
 
 use std::collections::VecDeque;
@@ -119,6 +120,8 @@ pub struct Pools {
     backend: BackendConfig,
     /// The pool settings in force; `RELOAD` swaps them.
     config: arc_swap::ArcSwap<PoolConfig>,
+    /// Pause, disable and the open server connections (the admin console's).
+    controls: control::Controls,
 }
 
 /// A connection checked out of a pool. Dropping it closes the connection;
@@ -142,6 +145,7 @@ impl Pools {
             pids: DashMap::new(),
             backend,
             config: arc_swap::ArcSwap::from_pointee(config),
+            controls: Default::default(),
         }
     }
 
@@ -155,6 +159,8 @@ impl Pools {
     ) -> Result<PooledBackend, PoolError> {
         let pool = self.pool(key);
         let asked = Instant::now();
+        // A paused database's clients wait here, outside query_wait_timeout.
+        self.controls.wait_resumed(&key.database).await;
         let config = self.config.load();
         let granted = {
             let mut st = lock(&pool.state);
@@ -180,7 +186,10 @@ impl Pools {
                 .open(key, limits, seconds(config.server_connect_timeout))
                 .await
             {
-                Ok(b) => b,
+                Ok(mut b) => {
+                    b.generation = pool.generation();
+                    b
+                }
                 Err(e) => {
                     pool.slot_freed();
                     pool.stats.checkout_errors.fetch_add(1, Relaxed);
@@ -255,6 +264,7 @@ impl Pools {
                         statements: Arc::default(),
                         budget: Arc::clone(&self.budget),
                         stats: Default::default(),
+                        generation: Default::default(),
                     })
                 })
                 .value(),
@@ -316,7 +326,7 @@ impl Pools {
             ("database", key.database.as_str()),
             ("options", options.as_str()),
         ];
-        let backend = tokio::time::timeout(
+        let mut backend = tokio::time::timeout(
             limit,
             Backend::connect(&addr, self.server_tls.as_deref(), &startup, &password),
         )
@@ -327,6 +337,13 @@ impl Pools {
             self.pids.clear();
         }
         self.pids.insert(backend.key.0, key.tenant.clone());
+        backend.registration = Some(self.controls.register(control::ServerInfo {
+            pool: key.clone(),
+            pid: backend.key.0,
+            host: addr.host.clone(),
+            port: addr.port,
+            connected: std::time::SystemTime::now(),
+        }));
         Ok(backend)
     }
 

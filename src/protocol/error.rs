@@ -82,6 +82,15 @@ impl ErrorFields {
         }
     }
 
+    /// An ERROR: the statement failed, the session goes on.
+    pub fn error(code: SqlState, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// Appends the `ErrorResponse` message to `buf`.
     pub fn encode(&self, buf: &mut BytesMut) {
         let sev = self.severity.as_str();

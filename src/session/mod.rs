@@ -4,6 +4,7 @@
 //! TLS certificates are used, not owned, here.
 
 pub mod cancel;
+pub mod clients;
 mod direct;
 mod events;
 pub mod expect;
@@ -65,6 +66,12 @@ pub struct Context {
     pub clients: std::sync::atomic::AtomicUsize,
     /// Clients connected now per tenant, against the tenant's `config.max_clients`.
     pub tenant_clients: dashmap::DashMap<TenantId, usize>,
+    /// Logged-in clients, for the admin console (SHOW CLIENTS, KILL).
+    pub client_list: clients::ClientList,
+    /// Cancelled to stop the whole proxy (the admin console's SHUTDOWN).
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Earlier counter snapshots, for the console's per-second averages.
+    pub stats_history: crate::stats::History<PoolKey>,
 }
 
 impl Context {
@@ -142,6 +149,10 @@ enum SessionError {
     LoginTimeout,
     #[error("SSL required")]
     SslRequired,
+    #[error("database \"{0}\" does not allow connections now (DISABLE)")]
+    Disabled(String),
+    #[error("user \"{0}\" is not allowed to use the admin console")]
+    NotConsoleUser(String),
 }
 
 impl SessionError {
@@ -165,7 +176,10 @@ impl SessionError {
             Self::Pool(e) => e.sqlstate(),
             Self::Setting { code, .. } => *code,
             Self::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
-            Self::SslRequired => SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            Self::SslRequired | Self::NotConsoleUser(_) => {
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            }
+            Self::Disabled(_) => SqlState::CANNOT_CONNECT_NOW,
         };
         // Internals (hosts, server messages at login) stay in the log.
         let message = match self {
@@ -232,7 +246,7 @@ pub async fn run(client: Stream, peer: String, ctx: Arc<Context>) {
     let span = info_span!("client", %peer, tenant = Empty, db = Empty, user = Empty);
     async move {
         let started = tokio::time::Instant::now();
-        let ending = session(client, &ctx).await;
+        let ending = session(client, &ctx, peer).await;
         events::closed(&ctx.config().log, started.elapsed(), &ending);
     }
     .instrument(span)
@@ -240,7 +254,7 @@ pub async fn run(client: Stream, peer: String, ctx: Arc<Context>) {
 }
 
 /// A client's life from accept to close, and why it ended.
-async fn session(mut client: Stream, ctx: &Context) -> Ending {
+async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
     let connected = ctx
         .clients
         .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
@@ -262,6 +276,18 @@ async fn session(mut client: Stream, ctx: &Context) -> Ending {
         match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(Login::Done(authed))) => break *authed,
             Ok(Ok(Login::Cancel)) => return Ending::CancelRequest,
+            Ok(Ok(Login::Console(user))) => {
+                let listed = ctx.client_list.add(clients::NewClient {
+                    peer,
+                    pool: None,
+                    user: user.name.clone(),
+                    database: crate::admin::CONSOLE_DATABASE.into(),
+                    tls: client.is_tls(),
+                    state: clients::ClientState::Active,
+                });
+                crate::admin::serve(client, ctx, *user, &listed.entry).await;
+                return Ending::Closed("admin console session ended");
+            }
             Ok(Ok(Login::StartTls { direct })) => {
                 match tokio::time::timeout_at(deadline, start_tls(client, ctx, direct)).await {
                     Ok(Some((tls, end_point))) => {
@@ -289,15 +315,41 @@ async fn session(mut client: Stream, ctx: &Context) -> Ending {
         };
         return refuse(&mut client, ctx, full).await;
     };
-    let ready = match attach(&mut client, ctx, authed).await {
-        Ok(ready) => ready,
-        Err(e) => return refuse(&mut client, ctx, e).await,
+    let listed = ctx.client_list.add(clients::NewClient {
+        peer,
+        pool: Some(PoolKey {
+            tenant: authed.resolved.tenant.clone(),
+            database: authed.resolved.database.clone(),
+            access: authed.access,
+        }),
+        user: authed.resolved.user.clone(),
+        database: authed.resolved.database.clone(),
+        tls: client.is_tls(),
+        state: clients::ClientState::Waiting,
+    });
+    let entry = &listed.entry;
+    let kill = entry.kill.clone();
+    let served = async move {
+        let ready = match attach(&mut client, ctx, authed).await {
+            Ok(ready) => ready,
+            Err(e) => return refuse(&mut client, ctx, e).await,
+        };
+        let tls = matches!(client, Stream::Tls(_));
+        events::logged_in(&ctx.config().log, tls, ready.pool_key.access, ready.mode);
+        match ready.mode {
+            PoolMode::Session => {
+                entry.set_state(clients::ClientState::Active);
+                direct::serve(client, ready, ctx).await
+            }
+            mode => {
+                entry.set_state(clients::ClientState::Idle);
+                pooled::serve(client, ready, ctx, mode, entry).await
+            }
+        }
     };
-    let tls = matches!(client, Stream::Tls(_));
-    events::logged_in(&ctx.config().log, tls, ready.pool_key.access, ready.mode);
-    match ready.mode {
-        PoolMode::Session => direct::serve(client, ready, ctx).await,
-        mode => pooled::serve(client, ready, ctx, mode).await,
+    tokio::select! {
+        ending = served => ending,
+        () = kill.cancelled() => Ending::Closed("killed from the admin console"),
     }
 }
 
@@ -317,6 +369,8 @@ async fn refuse(client: &mut Stream, ctx: &Context, error: SessionError) -> Endi
 enum Login {
     /// Authenticated (boxed: it is far larger than the other outcomes).
     Done(Box<Authenticated>),
+    /// Authenticated for the admin console.
+    Console(Box<crate::admin::ConsoleUser>),
     /// A cancel request was served.
     Cancel,
     /// The client wants TLS: after an SSLRequest (answered `S`), or at once
@@ -429,6 +483,16 @@ async fn login(
         ));
     }
 
+    if params
+        .get("database")
+        .is_some_and(crate::admin::is_console_database)
+    {
+        if !buf.is_empty() {
+            client.write_all(&buf).await.map_err(ProtocolError::from)?;
+        }
+        return console_login(client, ctx, &params, binding).await;
+    }
+
     let resolved = tenant::resolve(
         &params,
         client.sni(),
@@ -442,6 +506,9 @@ async fn login(
     span.record("db", display(&resolved.database));
     span.record("user", display(&resolved.user));
 
+    if ctx.pools.controls().is_disabled(&resolved.database) {
+        return Err(SessionError::Disabled(resolved.database.clone()));
+    }
     let info = ctx
         .registry
         .tenant(resolved.tenant.as_str())
@@ -486,6 +553,39 @@ async fn login(
         access,
         wanted,
     })))
+}
+
+/// Authenticates an admin console user: its secret is the auth file's
+/// entry under its bare name, the exchange the same as for tenant clients;
+/// a user in neither `admin.admin_users` nor `admin.stats_users` is refused
+/// after it.
+async fn console_login(
+    client: &mut Stream,
+    ctx: &Context,
+    params: &StartupParams,
+    binding: Option<&[u8]>,
+) -> Result<Login, SessionError> {
+    let config = ctx.config();
+    let name = params.get("user").unwrap_or_default().to_string();
+    tracing::Span::current().record("db", crate::admin::CONSOLE_DATABASE);
+    tracing::Span::current().record("user", name.as_str());
+    let secret = ctx.auth_file.load().get(&name).cloned();
+    auth::authenticate(
+        client,
+        config.auth.method,
+        &name,
+        secret.as_ref(),
+        &ctx.server_key,
+        binding,
+    )
+    .await?;
+    if secret.is_none() {
+        return Err(AuthError::Failed(name).into());
+    }
+    match crate::admin::ConsoleUser::new(&config.admin, name) {
+        Ok(user) => Ok(Login::Console(Box::new(user))),
+        Err(name) => Err(SessionError::NotConsoleUser(name)),
+    }
 }
 
 /// A client that has proved who it is and has no backend yet.

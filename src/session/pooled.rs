@@ -6,6 +6,7 @@
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::clients::{ClientEntry, ClientState as Listed};
 use super::events::{self, Ending};
 use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
 use super::{settings, Context, Ready, SessionError, TenantGate};
@@ -30,6 +31,7 @@ pub(super) async fn serve(
     ready: Ready,
     ctx: &Context,
     mode: PoolMode,
+    entry: &ClientEntry,
 ) -> Ending {
     let Ready {
         backend,
@@ -96,10 +98,12 @@ pub(super) async fn serve(
             }
             continue;
         }
+        entry.set_state(Listed::Waiting);
         let mut pooled = match ctx.pools.checkout(&pool_key, &pool_limits).await {
             Ok(b) => b,
             Err(e) => break Err(SessionError::Pool(e).to_client_and_log()),
         };
+        entry.set_state(Listed::Active);
         if let Err(e) = settings::apply(pooled.backend(), &state.params).await {
             pooled.release(reset_query).await;
             break Err(e.to_client_and_log());
@@ -138,6 +142,7 @@ pub(super) async fn serve(
         };
         ctx.cancels.detach(key);
         served_while_draining = ctx.draining.is_cancelled();
+        entry.set_state(Listed::Idle);
         // Reported parameters changed during the period hold on this connection too.
         let backend = pooled.backend();
         for (name, value) in &state.params {

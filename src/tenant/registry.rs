@@ -65,6 +65,8 @@ pub struct TenantInfo {
     pub statement_timeout: Option<String>,
     /// `config.max_clients`: clients of this tenant connected at once.
     pub max_clients: Option<usize>,
+    /// `shared` or `dedicated`.
+    pub tier: String,
 }
 
 /// A tenant user's stored credentials.
@@ -95,7 +97,7 @@ pub struct Registry {
 }
 
 const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size'), (config->>'pool_mode'), \
-     (config->>'statement_timeout'), (config->>'max_clients')";
+     (config->>'statement_timeout'), (config->>'max_clients'), tier::text";
 
 impl Registry {
     /// Connects, loads every tenant, and keeps the cache current until
@@ -122,6 +124,13 @@ impl Registry {
     /// The tenant with this id, if registered.
     pub fn tenant(&self, id: &str) -> Option<TenantInfo> {
         self.tenants.get(id).map(|t| t.clone())
+    }
+
+    /// Every tenant in the cache, in id order.
+    pub fn all(&self) -> Vec<TenantInfo> {
+        let mut all: Vec<TenantInfo> = self.tenants.iter().map(|t| t.value().clone()).collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// Whether a tenant id is registered (any status).
@@ -352,6 +361,7 @@ fn tenant_from_row(row: &tokio_postgres::Row) -> Option<TenantInfo> {
         pool_mode,
         statement_timeout,
         max_clients,
+        tier: row.get::<_, Option<String>>(6).unwrap_or_default(),
     })
 }
 

@@ -1,0 +1,188 @@
+//! The list of logged-in clients, for the admin console's SHOW CLIENTS and
+//! SHOW POOLS and its KILL. One small entry per client, written at login,
+//! at checkout and at release only, never per message; removed when the
+//! client leaves.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::PoolKey;
+
+/// What a client is doing, as PgBouncer's SHOW CLIENTS says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Holds a server connection (or is an admin console client).
+    Active,
+    /// Waits for a server connection (also while its database is paused).
+    Waiting,
+    /// Between transactions, holding no server connection (transaction
+    /// and statement pooling).
+    Idle,
+}
+
+impl ClientState {
+    /// The state's name in SHOW CLIENTS.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Active => "active",
+            ClientState::Waiting => "waiting",
+            ClientState::Idle => "idle",
+        }
+    }
+
+    fn from_u8(v: u8) -> ClientState {
+        match v {
+            1 => ClientState::Waiting,
+            2 => ClientState::Idle,
+            _ => ClientState::Active,
+        }
+    }
+}
+
+/// One logged-in client.
+#[derive(Debug)]
+pub struct ClientEntry {
+    /// Unique per process; SHOW CLIENTS' `ptr`.
+    pub id: u64,
+    /// `ip:port` of the peer, or `unix`.
+    pub peer: String,
+    /// The pool it draws from; `None` for admin console clients.
+    pub pool: Option<PoolKey>,
+    /// The name it logged in with.
+    pub user: String,
+    /// The database it named (`pgbouncer` for the console).
+    pub database: String,
+    /// When it logged in.
+    pub connected: SystemTime,
+    /// Whether it came over TLS.
+    pub tls: bool,
+    /// Cancelled by KILL: its session ends at once.
+    pub kill: CancellationToken,
+    state: AtomicU8,
+    /// Microseconds since the epoch of its last state change.
+    since_us: AtomicU64,
+}
+
+impl ClientEntry {
+    /// Its state now.
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Relaxed))
+    }
+
+    /// When it entered its current state.
+    pub fn since(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_micros(self.since_us.load(Relaxed))
+    }
+
+    /// Records a state change (at login, checkout and release).
+    pub fn set_state(&self, state: ClientState) {
+        self.since_us.store(now_us(), Relaxed);
+        self.state.store(state as u8, Relaxed);
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// What a new entry says.
+pub struct NewClient {
+    /// See [`ClientEntry::peer`].
+    pub peer: String,
+    /// See [`ClientEntry::pool`].
+    pub pool: Option<PoolKey>,
+    /// See [`ClientEntry::user`].
+    pub user: String,
+    /// See [`ClientEntry::database`].
+    pub database: String,
+    /// See [`ClientEntry::tls`].
+    pub tls: bool,
+    /// Its first state.
+    pub state: ClientState,
+}
+
+/// Every logged-in client.
+#[derive(Default)]
+pub struct ClientList {
+    next: AtomicU64,
+    clients: DashMap<u64, Arc<ClientEntry>>,
+}
+
+/// Keeps a client in the list; dropping it takes the client out.
+pub struct Listed<'a> {
+    list: &'a ClientList,
+    /// The entry.
+    pub entry: Arc<ClientEntry>,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.list.clients.remove(&self.entry.id);
+    }
+}
+
+impl ClientList {
+    /// Adds a client until the returned guard drops.
+    pub fn add(&self, new: NewClient) -> Listed<'_> {
+        let id = self.next.fetch_add(1, Relaxed) + 1;
+        let entry = Arc::new(ClientEntry {
+            id,
+            peer: new.peer,
+            pool: new.pool,
+            user: new.user,
+            database: new.database,
+            connected: SystemTime::now(),
+            tls: new.tls,
+            kill: CancellationToken::new(),
+            state: AtomicU8::new(new.state as u8),
+            since_us: AtomicU64::new(now_us()),
+        });
+        self.clients.insert(id, Arc::clone(&entry));
+        Listed { list: self, entry }
+    }
+
+    /// Every client now.
+    pub fn all(&self) -> Vec<Arc<ClientEntry>> {
+        self.clients.iter().map(|c| Arc::clone(c.value())).collect()
+    }
+
+    /// Number of clients listed.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// True when no client is listed.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_while_held() {
+        let list = ClientList::default();
+        let listed = list.add(NewClient {
+            peer: "127.0.0.1:1".into(),
+            pool: None,
+            user: "admin".into(),
+            database: "pgbouncer".into(),
+            tls: false,
+            state: ClientState::Waiting,
+        });
+        assert_eq!(list.len(), 1);
+        assert_eq!(listed.entry.state(), ClientState::Waiting);
+        listed.entry.set_state(ClientState::Idle);
+        assert_eq!(list.all()[0].state(), ClientState::Idle);
+        drop(listed);
+        assert!(list.is_empty());
+    }
+}
