@@ -61,6 +61,52 @@ pub struct Config {
     pub provision: ProvisionConfig,
     /// TLS towards clients and towards PostgreSQL.
     pub tls: TlsConfig,
+    /// The HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+    pub http: HttpConfig,
+}
+
+/// How `/metrics` labels series by tenant (`http.metrics_tenant_label`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantLabel {
+    /// One series per tenant.
+    All,
+    /// The `metrics_top_n` tenants with most queries get their own series;
+    /// the others are summed into `tenant="_other"`.
+    TopN,
+    /// No tenant label: series are summed per database and user.
+    None,
+}
+
+/// `[http]`: the HTTP listener for metrics and health checks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to serve HTTP on; empty for no listener. Default
+    /// `127.0.0.1:9930`. Takes effect at start only.
+    pub listen_addr: String,
+    /// Tenant label on `/metrics`: `all`, `top_n` or `none`. Default `top_n`. Reload applies.
+    pub metrics_tenant_label: TenantLabel,
+    /// Tenants with their own series under `top_n`. Default 20. Reload applies.
+    pub metrics_top_n: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: "127.0.0.1:9930".into(),
+            metrics_tenant_label: TenantLabel::TopN,
+            metrics_top_n: 20,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The address to listen on; `None` when the listener is disabled.
+    /// Validation has checked that a non-empty value parses.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen_addr.parse().ok()
+    }
 }
 
 /// PgBouncer's `*_tls_sslmode` values, with libpq's meanings.
@@ -592,6 +638,15 @@ impl Config {
         self.tls
             .validate()
             .map_err(|(key, message)| invalid(key, message))?;
+        if !self.http.listen_addr.is_empty() && self.http.addr().is_none() {
+            return Err(invalid(
+                "http.listen_addr",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9930 (empty disables the listener)",
+                    self.http.listen_addr
+                ),
+            ));
+        }
         if self.tenants.default_database.is_empty() {
             self.tenants.default_database = self.backend.databases[0].clone();
         } else if !self
@@ -689,6 +744,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.tls.client_tls_sslmode, SslMode::VerifyFull);
+    }
+
+    #[test]
+    fn http_section() {
+        let c = Config::parse("", "p.toml").unwrap();
+        assert_eq!(c.http.addr(), Some("127.0.0.1:9930".parse().unwrap()));
+        assert_eq!(c.http.metrics_tenant_label, TenantLabel::TopN);
+        let c = Config::parse(
+            "[http]\nlisten_addr = \"\"\nmetrics_tenant_label = \"none\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(c.http.addr(), None);
+        assert_eq!(c.http.metrics_tenant_label, TenantLabel::None);
+        let err = Config::parse("[http]\nlisten_addr = \"localhost\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.listen_addr"), "{err}");
+        let err = Config::parse("[http]\nmetrics_tenant_label = \"some\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
 //! - [`pool`]: per-tenant backend pools and server logins.
 //! - [`session`]: one client's life, the relay, cancel keys.
-//! - [`stats`]: per-pool traffic counters (PgBouncer's SHOW STATS).
+//! - [`stats`]: per-pool traffic counters (PgBouncer's SHOW STATS), latency
+//!   histograms, error counts.
+//! - [`metrics`]: what `/metrics` shows, read from the above at scrape time.
+//! - [`http`]: the HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: listeners and the running proxy.
 //! - [`reload`]: applying a re-read configuration to the running proxy.
 //! - [`provision`]: init, tenant creation, migrations, local clusters.
@@ -22,6 +25,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod protocol;

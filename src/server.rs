@@ -44,6 +44,8 @@ pub enum ServeError {
 /// A started proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
 pub struct Proxy {
     addr: SocketAddr,
+    /// Where `/metrics` and the health checks are served, when enabled.
+    http_addr: Option<SocketAddr>,
     unix_path: Option<PathBuf>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -78,6 +80,7 @@ impl Proxy {
             config_source: Default::default(),
             clients: Default::default(),
             tenant_clients: Default::default(),
+            errors: Default::default(),
             config: arc_swap::ArcSwap::from_pointee(config),
         });
 
@@ -92,6 +95,16 @@ impl Proxy {
             what: listen.addr.to_string(),
             source,
         })?;
+        let http = match context.config().http.addr() {
+            Some(wanted) => Some(crate::http::bind(wanted).await.map_err(|source| {
+                shutdown.cancel();
+                ServeError::Bind {
+                    what: format!("{wanted} (http.listen_addr)"),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let tracker = TaskTracker::new();
         tracker.spawn(accept_tcp(
             tcp,
@@ -118,10 +131,21 @@ impl Proxy {
             ));
             unix_path = Some(path);
         }
+        let mut http_addr = None;
+        if let Some((listener, bound)) = http {
+            let state = Arc::new(crate::http::HttpState {
+                ctx: Arc::clone(&context),
+                shutdown: shutdown.clone(),
+            });
+            crate::http::spawn(listener, state, &tracker);
+            info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            http_addr = Some(bound);
+        }
         tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));
         info!(%addr, tenants = context.registry.len(), "pgtenant is accepting clients");
         Ok(Proxy {
             addr,
+            http_addr,
             unix_path,
             shutdown,
             tracker,
@@ -157,6 +181,11 @@ impl Proxy {
     /// The TCP address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP address (`/metrics`, `/healthz`, `/readyz`), when enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The Unix socket path, when one is configured.

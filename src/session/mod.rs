@@ -58,6 +58,8 @@ pub struct Context {
     pub clients: std::sync::atomic::AtomicUsize,
     /// Clients connected now per tenant, against the tenant's `config.max_clients`.
     pub tenant_clients: dashmap::DashMap<TenantId, usize>,
+    /// Errors sent to clients by the proxy itself, and refused passwords.
+    pub errors: crate::stats::ErrorCounts,
 }
 
 impl Context {
@@ -223,7 +225,7 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
                 code: SqlState::TOO_MANY_CONNECTIONS,
                 message: "no more connections allowed (max_client_conn)".into(),
             };
-            return refuse(&mut client, full).await;
+            return refuse(&mut client, full, &ctx).await;
         }
         let limit = seconds(ctx.config().listen.client_login_timeout);
         let deadline = tokio::time::Instant::now() + limit;
@@ -246,8 +248,8 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
                         }
                     }
                 }
-                Ok(Err(e)) => return refuse(&mut client, e).await,
-                Err(_) => return refuse(&mut client, SessionError::LoginTimeout).await,
+                Ok(Err(e)) => return refuse(&mut client, e, &ctx).await,
+                Err(_) => return refuse(&mut client, SessionError::LoginTimeout, &ctx).await,
             }
         };
         let Some(_tenant_slot) = TenantSlot::take(
@@ -259,11 +261,11 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
                 code: SqlState::TOO_MANY_CONNECTIONS,
                 message: format!("too many clients for tenant \"{}\"", authed.resolved.tenant),
             };
-            return refuse(&mut client, full).await;
+            return refuse(&mut client, full, &ctx).await;
         };
         let ready = match attach(&mut client, &ctx, authed).await {
             Ok(ready) => ready,
-            Err(e) => return refuse(&mut client, e).await,
+            Err(e) => return refuse(&mut client, e, &ctx).await,
         };
         match ready.mode {
             PoolMode::Session => serve(client, ready, &ctx).await,
@@ -274,7 +276,11 @@ pub async fn run(mut client: Stream, peer: String, ctx: Arc<Context>) {
     .await
 }
 
-async fn refuse(client: &mut Stream, error: SessionError) {
+async fn refuse(client: &mut Stream, error: SessionError, ctx: &Context) {
+    if let SessionError::Auth(AuthError::Failed(_)) = &error {
+        ctx.errors.auth_failed();
+    }
+    let client_left = matches!(error, SessionError::Protocol(ProtocolError::Closed));
     match &error {
         SessionError::Protocol(ProtocolError::Closed) => debug!("client left during login"),
         SessionError::Auth(_)
@@ -286,7 +292,11 @@ async fn refuse(client: &mut Stream, error: SessionError) {
         _ => warn!(error = %error, "login failed"),
     }
     let mut buf = BytesMut::new();
-    error.to_client().encode(&mut buf);
+    let fields = error.to_client();
+    if !client_left {
+        ctx.errors.record(fields.code.code());
+    }
+    fields.encode(&mut buf);
     let _ = client.write_all(&buf).await;
     let _ = client.shutdown().await;
 }
@@ -608,6 +618,7 @@ async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
         }
         RelayEnd::ClientTerminated | RelayEnd::ClientGone | RelayEnd::ClientCorrupt => {
             if end == RelayEnd::ClientCorrupt {
+                ctx.errors.record(SqlState::PROTOCOL_VIOLATION.code());
                 let mut buf = BytesMut::new();
                 ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "invalid message length")
                     .encode(&mut buf);
@@ -624,6 +635,7 @@ async fn serve(mut client: Stream, ready: Ready, ctx: &Context) {
         }
         RelayEnd::BackendGone | RelayEnd::BackendCorrupt => {
             if state.backend.at_boundary() {
+                ctx.errors.record(SqlState::CONNECTION_FAILURE.code());
                 let mut buf = BytesMut::new();
                 ErrorFields::fatal(SqlState::CONNECTION_FAILURE, "server connection lost")
                     .encode(&mut buf);

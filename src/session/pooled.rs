@@ -160,6 +160,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context, mode:
     ctx.cancels.remove(key);
     debug!(?failure, "session ended");
     if let Some(error) = failure {
+        ctx.errors.record(error.code.code());
         let mut buf = BytesMut::new();
         error.encode(&mut buf);
         let _ = client.write_all(&buf).await;
