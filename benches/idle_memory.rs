@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         remove_on_exit: true,
     })?;
     let mut config = Config::parse("", "bench")?;
+    config.http.listen_addr = String::new();
     config.backend.host = cluster.host.clone();
     config.backend.port = cluster.port;
     config.backend.admin_user = cluster.superuser.clone();

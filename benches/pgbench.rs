@@ -61,6 +61,7 @@ fn main() -> anyhow::Result<()> {
     })?;
     let mut config = Config::parse("", "bench")?;
     config.listen.addr = "127.0.0.1:0".parse()?;
+    config.http.listen_addr = "127.0.0.1:0".into();
     config.backend.host = cluster.host.clone();
     config.backend.port = cluster.port;
     config.backend.admin_user = cluster.superuser.clone();

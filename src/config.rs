@@ -65,6 +65,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The admin console.
     pub admin: AdminConfig,
+    /// The HTTP listener: `/metrics`, `/healthz`, `/readyz`.
+    pub http: HttpConfig,
 }
 
 /// How log lines are written to standard error.
@@ -109,6 +111,42 @@ impl Default for LogConfig {
     }
 }
 
+/// How `/metrics` labels series by tenant (`http.metrics_tenant_label`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantLabel {
+    /// One series per tenant.
+    All,
+    /// The `metrics_top_n` tenants with most queries get their own series;
+    /// the others are summed into `tenant="_other"`.
+    TopN,
+    /// No tenant label: series are summed per database and user.
+    None,
+}
+
+/// `[http]`: the HTTP listener for metrics and health checks.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to serve HTTP on; empty for no listener. Default
+    /// `127.0.0.1:9930`. Takes effect at start only.
+    pub listen_addr: String,
+    /// Tenant label on `/metrics`: `all`, `top_n` or `none`. Default `top_n`. Reload applies.
+    pub metrics_tenant_label: TenantLabel,
+    /// Tenants with their own series under `top_n`. Default 20. Reload applies.
+    pub metrics_top_n: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: "127.0.0.1:9930".into(),
+            metrics_tenant_label: TenantLabel::TopN,
+            metrics_top_n: 20,
+        }
+    }
+}
+
 /// `[admin]`: the admin console, the virtual database `pgbouncer` (alias
 /// `pgtenant`). Users authenticate with their entry in `auth.auth_file`
 /// under their bare name. Reload applies.
@@ -131,6 +169,14 @@ impl Default for AdminConfig {
             stats_users: Vec::new(),
             stats_period: 15.0,
         }
+    }
+}
+
+impl HttpConfig {
+    /// The address to listen on; `None` when the listener is disabled.
+    /// Validation has checked that a non-empty value parses.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen_addr.parse().ok()
     }
 }
 
@@ -706,6 +752,15 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
         }
+        if !self.http.listen_addr.is_empty() && self.http.addr().is_none() {
+            return Err(invalid(
+                "http.listen_addr",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9930 (empty disables the listener)",
+                    self.http.listen_addr
+                ),
+            ));
+        }
         if self.tenants.default_database.is_empty() {
             self.tenants.default_database = self.backend.databases[0].clone();
         } else if !self
@@ -830,6 +885,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("log_connection"), "{err}");
+    }
+
+    #[test]
+    fn http_section() {
+        let c = Config::parse("", "p.toml").unwrap();
+        assert_eq!(c.http.addr(), Some("127.0.0.1:9930".parse().unwrap()));
+        assert_eq!(c.http.metrics_tenant_label, TenantLabel::TopN);
+        let c = Config::parse(
+            "[http]\nlisten_addr = \"\"\nmetrics_tenant_label = \"none\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(c.http.addr(), None);
+        assert_eq!(c.http.metrics_tenant_label, TenantLabel::None);
+        let err = Config::parse("[http]\nlisten_addr = \"localhost\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.listen_addr"), "{err}");
+        let err = Config::parse("[http]\nmetrics_tenant_label = \"some\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! - [`tenant`]: tenant ids, the registry cache (kept current by NOTIFY), resolution.
 //! - [`pool`]: per-tenant backend pools and server logins.
 //! - [`session`]: one client's life, the relay, cancel keys.
-//! - [`stats`]: per-pool traffic counters (PgBouncer's SHOW STATS).
+//! - [`stats`]: per-pool traffic counters (PgBouncer's SHOW STATS), latency
+//!   histograms, error counts.
+//! - [`metrics`]: what `/metrics` shows, read from the above at scrape time.
+//! - [`http`]: the HTTP listener: `/metrics`, `/healthz`, `/readyz`.
 //! - [`server`]: listeners and the running proxy.
 //! - [`reload`]: applying a re-read configuration to the running proxy.
 //! - [`admin`]: the admin console (PgBouncer's SHOW, PAUSE, RESUME, ...).
@@ -28,7 +31,9 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod healthcheck;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod pgbouncer_ini;
 pub mod pool;

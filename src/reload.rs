@@ -3,8 +3,9 @@
 //!
 //! Live: pool sizes, timeouts and modes, the global server budget,
 //! `max_client_conn`, tenant resolution, the auth file, TLS certificate
-//! files. Needing a restart (reported, old value kept): listen addresses,
-//! the backend cluster and its admin role, TLS modes.
+//! files, the metrics tenant label. Needing a restart (reported, old value
+//! kept): listen addresses (the HTTP one too), the backend cluster and its
+//! admin role, TLS modes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,6 +65,10 @@ pub fn apply(ctx: &Context, mut new: Config) -> Result<Vec<String>, ReloadError>
         restart.push("listen".to_string());
         new.listen.addr = old.listen.addr;
         new.listen.unix_socket_dir = old.listen.unix_socket_dir.clone();
+    }
+    if new.http.listen_addr != old.http.listen_addr {
+        restart.push("http.listen_addr".to_string());
+        new.http.listen_addr = old.http.listen_addr.clone();
     }
     if new.backend != old.backend {
         restart.push("backend".to_string());

@@ -45,6 +45,8 @@ pub enum ServeError {
 /// A started proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
 pub struct Proxy {
     addr: SocketAddr,
+    /// Where `/metrics` and the health checks are served, when enabled.
+    http_addr: Option<SocketAddr>,
     unix_path: Option<PathBuf>,
     shutdown: CancellationToken,
     /// Stops the registry's LISTEN connection, after the drain: sessions
@@ -87,6 +89,7 @@ impl Proxy {
             client_list: Default::default(),
             shutdown: shutdown.clone(),
             stats_history: Default::default(),
+            errors: Default::default(),
             config: arc_swap::ArcSwap::from_pointee(config),
         });
 
@@ -100,6 +103,16 @@ impl Proxy {
             what: listen.addr.to_string(),
             source,
         })?;
+        let http = match context.config().http.addr() {
+            Some(wanted) => Some(crate::http::bind(wanted).await.map_err(|source| {
+                shutdown.cancel();
+                ServeError::Bind {
+                    what: format!("{wanted} (http.listen_addr)"),
+                    source,
+                }
+            })?),
+            None => None,
+        };
         let tracker = TaskTracker::new();
         tracker.spawn(accept_tcp(
             tcp,
@@ -126,6 +139,16 @@ impl Proxy {
             ));
             unix_path = Some(path);
         }
+        let mut http_addr = None;
+        if let Some((listener, bound)) = http {
+            let state = Arc::new(crate::http::HttpState {
+                ctx: Arc::clone(&context),
+                shutdown: shutdown.clone(),
+            });
+            crate::http::spawn(listener, state, &tracker);
+            info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            http_addr = Some(bound);
+        }
         tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));
         tracker.spawn(crate::admin::record_stats(
             Arc::clone(&context),
@@ -134,6 +157,7 @@ impl Proxy {
         info!(%addr, tenants = context.registry.len(), "pgtenant is accepting clients");
         Ok(Proxy {
             addr,
+            http_addr,
             unix_path,
             shutdown,
             registry_stop,
@@ -170,6 +194,11 @@ impl Proxy {
     /// The TCP address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The HTTP address (`/metrics`, `/healthz`, `/readyz`), when enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The Unix socket path, when one is configured.

@@ -28,6 +28,12 @@ pub struct PoolStats {
     pub server_assignments: AtomicU64,
     /// Checkouts that gave up (`query_wait_timeout`, connect failures).
     pub checkout_errors: AtomicU64,
+    /// Query latencies (timed queries only), for `/metrics`.
+    pub query_latency: Histogram,
+    /// Transaction latencies, for `/metrics`.
+    pub xact_latency: Histogram,
+    /// Waits for a server connection, for `/metrics`.
+    pub wait_latency: Histogram,
 }
 
 /// A point-in-time copy of [`PoolStats`].
@@ -103,10 +109,174 @@ impl PoolStats {
         }
     }
 
+    /// Reads the latency histograms.
+    pub fn latencies(&self) -> Latencies {
+        Latencies {
+            query: self.query_latency.snapshot(),
+            xact: self.xact_latency.snapshot(),
+            wait: self.wait_latency.snapshot(),
+        }
+    }
+
     /// A client got a server connection after waiting `waited_us`.
     pub fn assigned(&self, waited_us: u64) {
         self.server_assignments.fetch_add(1, Ordering::Relaxed);
         self.wait_time_us.fetch_add(waited_us, Ordering::Relaxed);
+        self.wait_latency.record(waited_us);
+    }
+}
+
+/// Upper bounds of the latency histograms' buckets, in microseconds (the
+/// last bucket, `+Inf`, is implied): 0.5 ms to 30 s.
+pub const LATENCY_BUCKETS_US: [u64; 15] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000,
+];
+
+/// A latency histogram with fixed buckets: recording is one bucket search
+/// over [`LATENCY_BUCKETS_US`] and two relaxed adds; `/metrics` reads it.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Events per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of the recorded values, in microseconds.
+    sum_us: AtomicU64,
+}
+
+/// A point-in-time copy of a [`Histogram`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Events per bucket, not cumulative; see [`LATENCY_BUCKETS_US`].
+    pub buckets: [u64; LATENCY_BUCKETS_US.len() + 1],
+    /// Sum of the recorded values, in microseconds.
+    pub sum_us: u64,
+}
+
+impl Histogram {
+    /// Records one event that took `us` microseconds.
+    pub fn record(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&bound| us <= bound)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
+        if let Some(bucket) = self.buckets.get(i) {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Reads every bucket.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        HistogramSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            sum_us: self.sum_us.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A pool's three latency histograms at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Latencies {
+    /// See [`PoolStats::query_latency`].
+    pub query: HistogramSnapshot,
+    /// See [`PoolStats::xact_latency`].
+    pub xact: HistogramSnapshot,
+    /// See [`PoolStats::wait_latency`].
+    pub wait: HistogramSnapshot,
+}
+
+impl Latencies {
+    /// Histogram-wise sum, for totals over pools.
+    pub fn add(&mut self, other: &Latencies) {
+        self.query.add(&other.query);
+        self.xact.add(&other.xact);
+        self.wait.add(&other.wait);
+    }
+}
+
+impl HistogramSnapshot {
+    /// Bucket-wise sum, for totals over pools.
+    pub fn add(&mut self, other: &HistogramSnapshot) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets.iter()) {
+            *mine += theirs;
+        }
+        self.sum_us += other.sum_us;
+    }
+
+    /// Events recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+/// SQLSTATE classes are two characters of `0-9A-Z`.
+const CLASS_CHARS: usize = 36;
+
+/// Errors the proxy itself sent to clients, by SQLSTATE class, and refused
+/// passwords: one relaxed add per error, read by `/metrics`.
+#[derive(Debug)]
+pub struct ErrorCounts {
+    /// Indexed by the class's two characters, base 36.
+    classes: Box<[AtomicU64]>,
+    auth_failures: AtomicU64,
+}
+
+impl Default for ErrorCounts {
+    fn default() -> Self {
+        ErrorCounts {
+            classes: (0..CLASS_CHARS * CLASS_CHARS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            auth_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+fn class_digit(c: u8) -> Option<usize> {
+    match c {
+        b'0'..=b'9' => Some((c - b'0') as usize),
+        b'A'..=b'Z' => Some((c - b'A') as usize + 10),
+        _ => None,
+    }
+}
+
+impl ErrorCounts {
+    /// Counts an error sent with SQLSTATE `code` (e.g. `53300`, class `53`).
+    pub fn record(&self, code: &str) {
+        let b = code.as_bytes();
+        let (Some(hi), Some(lo)) = (
+            b.first().copied().and_then(class_digit),
+            b.get(1).copied().and_then(class_digit),
+        ) else {
+            return;
+        };
+        if let Some(c) = self.classes.get(hi * CLASS_CHARS + lo) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a login refused for a wrong password or an unknown user.
+    pub fn auth_failed(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refused logins so far.
+    pub fn auth_failures(&self) -> u64 {
+        self.auth_failures.load(Ordering::Relaxed)
+    }
+
+    /// Every class with errors, and how many.
+    pub fn by_class(&self) -> Vec<(String, u64)> {
+        const DIGITS: &[u8; CLASS_CHARS] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        self.classes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let n = c.load(Ordering::Relaxed);
+                let class = [DIGITS[i / CLASS_CHARS], DIGITS[i % CLASS_CHARS]];
+                (n > 0).then(|| (String::from_utf8_lossy(&class).into_owned(), n))
+            })
+            .collect()
     }
 }
 
@@ -185,17 +355,17 @@ impl<'a> Meter<'a> {
         self.stats.query_count.fetch_add(count, Ordering::Relaxed);
         let started = self.query_start.swap(next, Ordering::Relaxed);
         if started != STOPPED {
-            self.stats
-                .query_time_us
-                .fetch_add(now.saturating_sub(started), Ordering::Relaxed);
+            let took = now.saturating_sub(started);
+            self.stats.query_time_us.fetch_add(took, Ordering::Relaxed);
+            self.stats.query_latency.record(took);
         }
         if status == b'I' {
             self.stats.xact_count.fetch_add(1, Ordering::Relaxed);
             let began = self.xact_start.swap(next, Ordering::Relaxed);
             if began != STOPPED {
-                self.stats
-                    .xact_time_us
-                    .fetch_add(now.saturating_sub(began), Ordering::Relaxed);
+                let took = now.saturating_sub(began);
+                self.stats.xact_time_us.fetch_add(took, Ordering::Relaxed);
+                self.stats.xact_latency.record(took);
             }
         }
     }
@@ -277,6 +447,33 @@ mod tests {
         assert_eq!((s.received, s.sent), (10, 30));
         assert!(s.xact_time_us >= 2000, "{s:?}");
         assert!(s.xact_time_us >= s.query_time_us);
+        let q = stats.query_latency.snapshot();
+        assert_eq!((q.count(), q.sum_us), (2, s.query_time_us));
+        assert_eq!(stats.xact_latency.snapshot().count(), 1);
+    }
+
+    #[test]
+    fn errors_are_counted_by_class() {
+        let e = ErrorCounts::default();
+        e.record("53300");
+        e.record("53400");
+        e.record("28P01");
+        e.record("x");
+        assert_eq!(e.by_class(), vec![("28".into(), 1), ("53".into(), 2)]);
+    }
+
+    #[test]
+    fn histogram_buckets_are_inclusive_upper_bounds() {
+        let h = Histogram::default();
+        h.record(0);
+        h.record(500);
+        h.record(501);
+        h.record(u64::MAX / 2);
+        let s = h.snapshot();
+        assert_eq!(s.buckets[0], 2);
+        assert_eq!(s.buckets[1], 1);
+        assert_eq!(s.buckets[LATENCY_BUCKETS_US.len()], 1);
+        assert_eq!(s.count(), 4);
     }
 
     #[test]

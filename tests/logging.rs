@@ -40,7 +40,7 @@ impl Server {
             .port();
         let b = &config.backend;
         let toml = format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+            "[http]\nlisten_addr = \"\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n\
              [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
              tenant_role_secret = \"{}\"\n{extra}",
             b.host, b.port, b.admin_user, b.admin_password, b.tenant_role_secret

@@ -57,7 +57,7 @@ fn write_files(tenant: &str) -> Files {
         format!(
             "[backend]\nadmin_user = {}\nadmin_password = {}\ntenant_role_secret = \"test-secret\"\n\
              [provision]\nmigrations_dir = {}\n\
-             [pool]\nquery_wait_timeout = 10\n",
+             [pool]\nquery_wait_timeout = 10\n[http]\nlisten_addr = \"\"\n",
             quote(&b.user),
             quote(&b.password),
             quote(&Path::new(env!("CARGO_MANIFEST_DIR")).join("sql").display().to_string()),

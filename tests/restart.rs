@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 fn write_config(path: &Path, config: &Config, port: u16, listen_extra: &str, pool_extra: &str) {
     let b = &config.backend;
     let toml = format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n\
+        "[http]\nlisten_addr = \"\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n\
          [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
          tenant_role_secret = \"{}\"\n\
          [pool]\npool_mode = \"transaction\"\nquery_wait_timeout = 30\n{pool_extra}\n",

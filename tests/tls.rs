@@ -649,7 +649,7 @@ async fn sighup_reloads_the_certificates_of_a_running_server() {
         .port();
     let b = &config.backend;
     let toml = format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+        "[http]\nlisten_addr = \"\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n\
          [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
          tenant_role_secret = \"{}\"\n\
          [tls]\nclient_tls_sslmode = \"require\"\nclient_tls_cert_file = \"server.pem\"\n\

@@ -78,6 +78,8 @@ pub struct PoolView {
     pub max_wait: Duration,
     /// Its counters.
     pub stats: crate::stats::StatsSnapshot,
+    /// Its latency histograms.
+    pub latencies: crate::stats::Latencies,
 }
 
 /// Why no backend could be handed out.
@@ -364,6 +366,7 @@ impl Pools {
                     waiting,
                     max_wait,
                     stats: pool.stats.snapshot(),
+                    latencies: pool.stats.latencies(),
                 }
             })
             .collect()

@@ -58,6 +58,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context) -> En
             if end == RelayEnd::ClientCorrupt {
                 let error =
                     ErrorFields::fatal(SqlState::PROTOCOL_VIOLATION, "invalid message length");
+                ctx.errors.record(error.code.code());
                 events::send_error(&mut client, log, &error, None).await;
                 ending = Ending::Failed(error);
             }
@@ -78,6 +79,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context) -> En
                 let error =
                     ErrorFields::fatal(SqlState::CONNECTION_FAILURE, "server connection lost");
                 let cause = (why != error.message).then_some(why);
+                ctx.errors.record(error.code.code());
                 events::send_error(&mut client, log, &error, cause).await;
                 ending = Ending::Failed(error);
             }

@@ -72,6 +72,8 @@ pub struct Context {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Earlier counter snapshots, for the console's per-second averages.
     pub stats_history: crate::stats::History<PoolKey>,
+    /// Errors sent to clients by the proxy itself, and refused passwords.
+    pub errors: crate::stats::ErrorCounts,
 }
 
 impl Context {
@@ -355,11 +357,15 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
 
 /// Tells the client why it is refused, logs it, and closes.
 async fn refuse(client: &mut Stream, ctx: &Context, error: SessionError) -> Ending {
+    if let SessionError::Auth(AuthError::Failed(_)) = &error {
+        ctx.errors.auth_failed();
+    }
     if let SessionError::Protocol(ProtocolError::Closed) = error {
         return Ending::Closed("client left during login");
     }
     // The detail the client is not shown (hosts, server messages) goes in the log.
     let (told, cause) = error.to_client_and_log();
+    ctx.errors.record(told.code.code());
     events::send_error(client, &ctx.config().log, &told, cause.as_deref()).await;
     let _ = client.shutdown().await;
     Ending::Refused(told)

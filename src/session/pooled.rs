@@ -198,6 +198,7 @@ pub(super) async fn serve(
     let ending = match outcome {
         Ok(why) => Ending::Closed(why),
         Err((error, cause)) => {
+            ctx.errors.record(error.code.code());
             events::send_error(&mut client, &config.log, &error, cause.as_deref()).await;
             Ending::Failed(error)
         }

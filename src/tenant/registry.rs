@@ -94,6 +94,8 @@ pub struct Registry {
     tenants: DashMap<String, TenantInfo>,
     /// The current connection, replaced on reconnect.
     client: RwLock<Option<Arc<Client>>>,
+    /// When the last NOTIFY arrived, for `/metrics`.
+    last_notify: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size'), (config->>'pool_mode'), \
@@ -109,6 +111,7 @@ impl Registry {
         let registry = Arc::new(Registry {
             tenants: DashMap::new(),
             client: RwLock::new(None),
+            last_notify: std::sync::Mutex::new(None),
         });
         let pg = pg_config(backend);
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
@@ -146,6 +149,32 @@ impl Registry {
     /// True when no tenant is registered.
     pub fn is_empty(&self) -> bool {
         self.tenants.is_empty()
+    }
+
+    /// Time since the last registry NOTIFY; `None` before the first.
+    pub fn last_notify_age(&self) -> Option<Duration> {
+        let last = *self.last_notify.lock().unwrap_or_else(|e| e.into_inner());
+        last.map(|t| t.elapsed())
+    }
+
+    /// Whether the registry connection (which LISTENs) is up now.
+    pub fn is_connected(&self) -> bool {
+        self.client().is_ok_and(|c| !c.is_closed())
+    }
+
+    /// Whether the registry answers a trivial query within `limit`, on the
+    /// proxy's registry connection (down while it reconnects).
+    pub async fn reachable(&self, limit: Duration) -> bool {
+        let Ok(client) = self.client() else {
+            return false;
+        };
+        if client.is_closed() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(limit, client.simple_query("SELECT 1")).await,
+            Ok(Ok(_))
+        )
     }
 
     /// The active credentials of `user` in `tenant`, if any.
@@ -278,6 +307,8 @@ impl Registry {
                 _ = shutdown.cancelled() => return,
                 p = rx.recv() => match p { Some(p) => p, None => return },
             };
+            *self.last_notify.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
             let mut ids = HashSet::from([first]);
             while let Ok(p) = rx.try_recv() {
                 ids.insert(p);

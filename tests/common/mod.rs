@@ -86,6 +86,8 @@ pub fn backend() -> &'static Backend {
 fn base_config_for(b: &Backend) -> Config {
     let mut c = Config::parse("", "test").expect("defaults");
     c.listen.addr = "127.0.0.1:0".parse().expect("addr");
+    // Every test proxy serves HTTP on a port of its own.
+    c.http.listen_addr = "127.0.0.1:0".into();
     c.backend.host = b.host.clone();
     c.backend.port = b.port;
     c.backend.admin_user = b.user.clone();
