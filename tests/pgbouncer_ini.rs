@@ -339,11 +339,9 @@ async fn pgtenant_serve_with_pgbouncer_ini() {
     assert!(stderr.contains("pgtenant sizes buffers itself"), "{stderr}");
 }
 
-/// PgBouncer itself (Debian's 1.18) starts from the very same files.
-/// Needs `pgbouncer` installed (the pgbench benchmark installs it), so it
-/// runs on request: `cargo test --test pgbouncer_ini -- --ignored`.
+/// PgBouncer itself (Debian's 1.18, which `.ci/run` installs) starts from
+/// the very same files.
 #[tokio::test]
-#[ignore = "needs PgBouncer installed"]
 async fn pgbouncer_accepts_the_same_files() {
     let files = write_files("ini_bouncer");
     let dir = files.ini.parent().expect("dir").to_path_buf();
