@@ -21,6 +21,7 @@ RUN mkdir -p src benches \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/pgbench.rs \
     && echo 'fn main() {}' > benches/idle_memory.rs \
+    && echo 'fn main() {}' > benches/tenants.rs \
     && cargo build --release --locked --bin pgtenant \
     && rm -rf src target/release/pgtenant* target/release/deps/pgtenant* \
         target/release/.fingerprint/pgtenant-*

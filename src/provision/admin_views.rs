@@ -11,6 +11,8 @@
 //! lacks one of those columns, or has it with another type, is left out and
 //! reported, not guessed at.
 
+use std::collections::HashMap;
+
 use tokio_postgres::Client;
 
 use crate::config::Config;
@@ -73,16 +75,21 @@ async fn take_views_lock(registry: &Client) -> Result<(), ProvisionError> {
 /// itself, such as an enum made by a migration, is `None`: read as text).
 type Column = (String, Option<String>);
 
-/// Every table's columns in one schema, in order.
+/// A schema's tables, each with its columns.
+type Tables = Vec<(String, Vec<Column>)>;
+
+/// Every table's columns, in order, of each of `schemas`, in one catalog
+/// query (a rebuild runs after every tenant creation: with a thousand
+/// tenants, one query per schema would dominate it).
 async fn columns(
     client: &Client,
-    schema: &str,
-) -> Result<Vec<(String, Vec<Column>)>, ProvisionError> {
+    schemas: &[String],
+) -> Result<HashMap<String, Tables>, ProvisionError> {
     let rows = client
         .query(
-            "SELECT c.relname,
+            "SELECT n.nspname::text, c.relname::text,
                     array_agg(a.attname::text ORDER BY a.attnum),
-                    array_agg(CASE WHEN tn.nspname = $1 THEN NULL
+                    array_agg(CASE WHEN tn.nspname = n.nspname THEN NULL
                                    ELSE format_type(a.atttypid, a.atttypmod) END
                               ORDER BY a.attnum)
                FROM pg_class c
@@ -90,20 +97,21 @@ async fn columns(
                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                JOIN pg_type t ON t.oid = a.atttypid
                JOIN pg_namespace tn ON tn.oid = t.typnamespace
-              WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
-              GROUP BY c.relname ORDER BY c.relname",
-            &[&schema],
+              WHERE n.nspname = ANY($1) AND c.relkind IN ('r', 'p')
+              GROUP BY n.nspname, c.relname ORDER BY n.nspname, c.relname",
+            &[&schemas],
         )
         .await
-        .map_err(db_err(format!("reading the tables of schema {schema}")))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let names: Vec<String> = r.get(1);
-            let types: Vec<Option<String>> = r.get(2);
-            (r.get(0), names.into_iter().zip(types).collect())
-        })
-        .collect())
+        .map_err(db_err("reading the tables of the tenant schemas"))?;
+    let mut out: HashMap<String, Tables> = HashMap::new();
+    for r in &rows {
+        let names: Vec<String> = r.get(2);
+        let types: Vec<Option<String>> = r.get(3);
+        out.entry(r.get(0))
+            .or_default()
+            .push((r.get(1), names.into_iter().zip(types).collect()));
+    }
+    Ok(out)
 }
 
 /// Each view reads through a function of its own (`admin.all_<table>_rows()`),
@@ -121,16 +129,24 @@ async fn rebuild_in(
         database: db.to_string(),
         ..Default::default()
     };
-    let mut per_tenant = Vec::new();
-    for t in tenants {
-        per_tenant.push((t.clone(), columns(client, &format!("tenant_{t}")).await?));
-    }
+    let mut schemas: Vec<String> = tenants.iter().map(|t| format!("tenant_{t}")).collect();
+    schemas.push(TEMPLATE_SCHEMA.to_string());
+    let mut all = columns(client, &schemas).await?;
+    let per_tenant: Vec<(String, Tables)> = tenants
+        .iter()
+        .map(|t| {
+            (
+                t.clone(),
+                all.remove(&format!("tenant_{t}")).unwrap_or_default(),
+            )
+        })
+        .collect();
     // The template's column list of each table, else the first tenant's.
-    let mut reference: std::collections::BTreeMap<String, Vec<Column>> =
-        columns(client, TEMPLATE_SCHEMA)
-            .await?
-            .into_iter()
-            .collect();
+    let mut reference: std::collections::BTreeMap<String, Vec<Column>> = all
+        .remove(TEMPLATE_SCHEMA)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     for (_, tables) in &per_tenant {
         for (table, cols) in tables {
             reference
