@@ -1,0 +1,110 @@
+//! Server-side timeouts with PgBouncer's names: `server_connect_timeout`
+//! (a server that accepts the TCP connection and never answers) and
+//! `server_lifetime` (connections older than it are closed once idle and
+//! replaced).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pgtenant::config::PoolMode;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP relay to PostgreSQL that, once stalled, accepts new connections
+/// and never forwards them (a server that hangs at login); connections
+/// made before keep working.
+struct Stallable {
+    addr: SocketAddr,
+    stalled: Arc<AtomicBool>,
+}
+
+impl Stallable {
+    async fn start(target: SocketAddr) -> Stallable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stalled);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let stall = flag.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if stall {
+                        // Hold the socket open, answer nothing.
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        drop(inbound);
+                    } else if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Stallable { addr, stalled }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_hits_server_connect_timeout() {
+    let mut config = config();
+    tenant(&config, "to_connect").await;
+    let b = backend();
+    let relay = Stallable::start(format!("{}:{}", b.host, b.port).parse().unwrap()).await;
+    config.backend.port = relay.addr.port();
+    config.pool.server_connect_timeout = 1.0;
+    config.pool.query_wait_timeout = 30.0;
+    // The registry connects through the relay before it stalls.
+    let proxy = start_proxy(config).await;
+
+    relay.stall(true);
+    let Err(err) = connect(&proxy, "alice@to_connect", "alice-pw", "").await else {
+        panic!("no server connection can be opened");
+    };
+    assert_eq!(sqlstate(&err), "08001", "{err}");
+
+    // The failed attempt gave its slot back: once the server answers, clients get in.
+    relay.stall(false);
+    let client = connect(&proxy, "alice@to_connect", "alice-pw", "")
+        .await
+        .unwrap();
+    assert_eq!(one_value(&client, "SELECT 1").await, "1");
+}
+
+#[tokio::test]
+async fn connections_older_than_server_lifetime_are_replaced() {
+    let mut config = config();
+    config.pool.pool_mode = PoolMode::Transaction;
+    config.pool.default_pool_size = 1;
+    config.pool.server_lifetime = 1.0;
+    tenant(&config, "to_lifetime").await;
+    let proxy = start_proxy(config).await;
+    let client = connect(&proxy, "alice@to_lifetime", "alice-pw", "")
+        .await
+        .unwrap();
+    let first = one_value(&client, "SELECT pg_backend_pid()").await;
+    // The reaper runs once a second; the connection is idle between queries.
+    let replaced = eventually(Duration::from_secs(10), || async {
+        one_value(&client, "SELECT pg_backend_pid()").await != first
+    })
+    .await;
+    assert!(
+        replaced,
+        "a connection past server_lifetime is closed and replaced"
+    );
+    let admin = admin("crm_db").await;
+    let gone: bool = admin
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid::text = $1)",
+            &[&first],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gone, "the old server connection was closed, not leaked");
+}
