@@ -497,6 +497,11 @@ pub struct PoolConfig {
     /// Prepared statements kept per server connection in transaction and
     /// statement mode; the least recently used one is closed beyond it. Default 200.
     pub max_prepared_statements: usize,
+    /// Extra connections a pool may open for clients that waited longer
+    /// than `reserve_pool_timeout` (PgBouncer's reserve pool). Default 0.
+    pub reserve_pool_size: usize,
+    /// Seconds a client waits before the reserve pool is used. Default 5.
+    pub reserve_pool_timeout: f64,
 }
 
 /// When a backend is returned to its pool (PgBouncer's `pool_mode`).
@@ -533,6 +538,8 @@ impl Default for PoolConfig {
             pool_mode: PoolMode::Session,
             database_pool_modes: Default::default(),
             max_prepared_statements: 200,
+            reserve_pool_size: 0,
+            reserve_pool_timeout: 5.0,
             max_server_connections: 0,
             server_idle_timeout: 600.0,
             server_lifetime: 3600.0,
@@ -640,6 +647,7 @@ impl Config {
         }
         for (key, value) in [
             ("listen.shutdown_timeout", self.listen.shutdown_timeout),
+            ("pool.reserve_pool_timeout", self.pool.reserve_pool_timeout),
             ("pool.server_idle_timeout", self.pool.server_idle_timeout),
             ("pool.server_lifetime", self.pool.server_lifetime),
             (

@@ -1,7 +1,8 @@
 //! Server-side timeouts with PgBouncer's names: `server_connect_timeout`
-//! (a server that accepts the TCP connection and never answers) and
+//! (a server that accepts the TCP connection and never answers),
 //! `server_lifetime` (connections older than it are closed once idle and
-//! replaced).
+//! replaced), and `reserve_pool_timeout` (a client waiting that long may
+//! use one of `reserve_pool_size` extra connections).
 
 mod common;
 
@@ -107,4 +108,43 @@ async fn connections_older_than_server_lifetime_are_replaced() {
         .unwrap()
         .get(0);
     assert!(gone, "the old server connection was closed, not leaked");
+}
+
+#[tokio::test]
+async fn a_client_waiting_past_reserve_pool_timeout_gets_a_reserve_connection() {
+    let mut config = config();
+    config.pool.pool_mode = PoolMode::Transaction;
+    config.pool.default_pool_size = 1;
+    config.pool.reserve_pool_size = 1;
+    config.pool.reserve_pool_timeout = 0.3;
+    config.pool.query_wait_timeout = 30.0;
+    tenant(&config, "to_reserve").await;
+    let proxy = start_proxy(config).await;
+    let holder = connect(&proxy, "alice@to_reserve", "alice-pw", "")
+        .await
+        .unwrap();
+    let waiter = connect(&proxy, "alice@to_reserve", "alice-pw", "")
+        .await
+        .unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    let held = one_value(&holder, "SELECT pg_backend_pid()").await;
+    // The pool's one connection stays in the holder's transaction; the
+    // waiter is served by a reserve connection, not after the COMMIT.
+    let reserve = one_value(&waiter, "SELECT pg_backend_pid()").await;
+    assert_ne!(reserve, held);
+    let open = |p: &pgtenant::server::Proxy| {
+        p.context()
+            .pools
+            .views()
+            .into_iter()
+            .find(|v| v.key.tenant.as_str() == "to_reserve")
+            .map(|v| v.open)
+    };
+    // Released with nobody waiting, the reserve connection closes again.
+    assert!(
+        eventually(Duration::from_secs(5), || async { open(&proxy) == Some(1) }).await,
+        "back to the pool's size: {:?}",
+        open(&proxy)
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
 }

@@ -25,8 +25,6 @@ const AUTH_QUERY: &str = "not supported: pgtenant looks users up in auth_file, t
      registry (commons.tenant_users), never with a query";
 const USER_LIMITS: &str = "not supported: pgtenant limits connections per pool and in all \
      (pool.default_pool_size, pool.max_server_connections, pool.max_client_conn)";
-const RESERVE: &str = "not supported: pgtenant has no reserve pool; waiting pools share \
-     pool.max_server_connections fairly instead";
 const DNS: &str = "ignored: pgtenant resolves the backend host at each connection";
 const NOT_YET: &str = "not yet supported";
 
@@ -65,6 +63,8 @@ pub const MAPPED: &[&str] = &[
     "log_connections",
     "log_disconnections",
     "log_pooler_errors",
+    "reserve_pool_size",
+    "reserve_pool_timeout",
 ];
 
 /// How pgtenant treats `[pgbouncer]` key `key` (lowercase); `None`: not a
@@ -112,7 +112,6 @@ pub fn pgbouncer_key(key: &str) -> Option<Treatment> {
         ),
 
         "min_pool_size" => Unsupported("not yet supported: pools open connections on demand"),
-        "reserve_pool_size" | "reserve_pool_timeout" => Unsupported(RESERVE),
         "max_user_connections" | "max_user_client_connections" | "max_db_client_connections" => {
             Unsupported(USER_LIMITS)
         }
@@ -171,7 +170,9 @@ pub fn database_option(key: &str) -> Option<Treatment> {
              databases together",
         ),
         "min_pool_size" => Unsupported("not yet supported: pools open connections on demand"),
-        "reserve_pool" | "reserve_pool_size" => Unsupported(RESERVE),
+        "reserve_pool" | "reserve_pool_size" => {
+            Unsupported("not supported per database: pool.reserve_pool_size applies to every pool")
+        }
         "max_db_client_connections" => Unsupported(USER_LIMITS),
         "connect_query" => Unsupported(NOT_YET),
         "client_encoding" | "datestyle" | "timezone" | "application_name" => {

@@ -286,6 +286,8 @@ const SAME_NAME: &[(&str, &str, Kind)] = &[
     ("log_connections", "log", Kind::Bool),
     ("log_disconnections", "log", Kind::Bool),
     ("log_pooler_errors", "log", Kind::Bool),
+    ("reserve_pool_size", "pool", Kind::Count),
+    ("reserve_pool_timeout", "pool", Kind::Seconds),
 ];
 
 /// PgBouncer's (and pgtenant's) sslmode names.

@@ -215,6 +215,15 @@ impl Pool {
             return;
         }
         let mut st = lock(&self.state);
+        // Above the pool's size (reserve connections, or a size lowered by
+        // RELOAD) and nobody of this pool waiting: close it.
+        if st.open > st.size && st.waiting(Instant::now()).0 == 0 {
+            st.open -= 1;
+            drop(st);
+            drop(backend);
+            self.budget.hand_on();
+            return;
+        }
         if let Some(fair) = self.budget.contention(self) {
             if st.open > fair || st.waiters.is_empty() {
                 st.open -= 1;

@@ -171,16 +171,13 @@ impl Pools {
         };
         let grant = match granted {
             Ok(grant) => grant,
-            Err(rx) => {
-                let wait = seconds(config.query_wait_timeout);
-                match tokio::time::timeout(wait, rx).await {
-                    Ok(Ok(grant)) => grant,
-                    _ => {
-                        pool.stats.checkout_errors.fetch_add(1, Relaxed);
-                        return Err(PoolError::WaitTimeout);
-                    }
+            Err(rx) => match self.wait(&pool, rx, &config).await {
+                Some(grant) => grant,
+                None => {
+                    pool.stats.checkout_errors.fetch_add(1, Relaxed);
+                    return Err(PoolError::WaitTimeout);
                 }
-            }
+            },
         };
         let backend = match grant {
             Grant::Backend(b) => *b,
@@ -204,6 +201,40 @@ impl Pools {
             backend: Some(backend),
             pool,
         })
+    }
+
+    /// Waits in line for a grant, up to `query_wait_timeout`. After
+    /// `reserve_pool_timeout` a waiting client may open one of
+    /// `reserve_pool_size` connections beyond the pool's size (PgBouncer's
+    /// reserve pool), budget permitting; they close again when released
+    /// while nobody waits. `None`: the wait timed out.
+    async fn wait(
+        &self,
+        pool: &Arc<Pool>,
+        mut rx: oneshot::Receiver<Grant>,
+        config: &PoolConfig,
+    ) -> Option<Grant> {
+        let deadline = tokio::time::Instant::now() + seconds(config.query_wait_timeout);
+        if config.reserve_pool_size > 0 {
+            let reserve_at = tokio::time::Instant::now() + seconds(config.reserve_pool_timeout);
+            if reserve_at < deadline {
+                if let Ok(got) = tokio::time::timeout_at(reserve_at, &mut rx).await {
+                    return got.ok();
+                }
+                let mut st = lock(&pool.state);
+                // Grants are sent under this lock: one may have come meanwhile.
+                if let Ok(grant) = rx.try_recv() {
+                    return Some(grant);
+                }
+                if st.open < st.size + config.reserve_pool_size && pool.budget.try_take() {
+                    st.open += 1;
+                    // Leaving the line: the sender left behind is skipped as closed.
+                    drop(rx);
+                    return Some(Grant::Slot);
+                }
+            }
+        }
+        tokio::time::timeout_at(deadline, rx).await.ok()?.ok()
     }
 
     /// What can be had without waiting: an idle connection, a free slot, or
