@@ -497,6 +497,10 @@ pub struct PoolConfig {
     /// Prepared statements kept per server connection in transaction and
     /// statement mode; the least recently used one is closed beyond it. Default 200.
     pub max_prepared_statements: usize,
+    /// Server connections each pool keeps open once it has been used, even
+    /// when idle (capped by its size); 0 lets idle pools shrink to nothing.
+    /// Default 0.
+    pub min_pool_size: usize,
     /// Extra connections a pool may open for clients that waited longer
     /// than `reserve_pool_timeout` (PgBouncer's reserve pool). Default 0.
     pub reserve_pool_size: usize,
@@ -538,6 +542,7 @@ impl Default for PoolConfig {
             pool_mode: PoolMode::Session,
             database_pool_modes: Default::default(),
             max_prepared_statements: 200,
+            min_pool_size: 0,
             reserve_pool_size: 0,
             reserve_pool_timeout: 5.0,
             max_server_connections: 0,

@@ -308,6 +308,10 @@ async fn reap_idle_servers(ctx: Arc<Context>, shutdown: CancellationToken) {
         if closed > 0 {
             tracing::debug!(closed, "closed idle server connections");
         }
+        let opened = ctx.pools.warm().await;
+        if opened > 0 {
+            tracing::debug!(opened, "opened server connections for min_pool_size");
+        }
     }
 }
 

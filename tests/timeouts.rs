@@ -148,3 +148,39 @@ async fn a_client_waiting_past_reserve_pool_timeout_gets_a_reserve_connection() 
     );
     holder.batch_execute("COMMIT").await.unwrap();
 }
+
+#[tokio::test]
+async fn min_pool_size_opens_connections_and_keeps_them_when_idle() {
+    let mut config = config();
+    config.pool.pool_mode = PoolMode::Transaction;
+    config.pool.default_pool_size = 4;
+    config.pool.min_pool_size = 2;
+    config.pool.server_idle_timeout = 0.5;
+    tenant(&config, "to_min").await;
+    let proxy = start_proxy(config).await;
+    let admin = admin("crm_db").await;
+    let servers = || async {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tenant_to_min_rw'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let client = connect(&proxy, "alice@to_min", "alice-pw", "")
+        .await
+        .unwrap();
+    assert_eq!(one_value(&client, "SELECT 1").await, "1");
+    // One client used one connection; the pool is topped up to two.
+    assert!(
+        eventually(Duration::from_secs(10), || async { servers().await == 2 }).await,
+        "min_pool_size connections opened"
+    );
+    drop(client);
+    // Several reaper rounds past server_idle_timeout: still two, not none.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(servers().await, 2, "kept at min_pool_size while idle");
+}

@@ -65,6 +65,7 @@ pub const MAPPED: &[&str] = &[
     "log_pooler_errors",
     "reserve_pool_size",
     "reserve_pool_timeout",
+    "min_pool_size",
 ];
 
 /// How pgtenant treats `[pgbouncer]` key `key` (lowercase); `None`: not a
@@ -111,7 +112,6 @@ pub fn pgbouncer_key(key: &str) -> Option<Treatment> {
             "not supported: SCRAM secrets keep the iteration count they were made with",
         ),
 
-        "min_pool_size" => Unsupported("not yet supported: pools open connections on demand"),
         "max_user_connections" | "max_user_client_connections" | "max_db_client_connections" => {
             Unsupported(USER_LIMITS)
         }
@@ -169,7 +169,9 @@ pub fn database_option(key: &str) -> Option<Treatment> {
             "not supported per database: pool.max_server_connections limits all \
              databases together",
         ),
-        "min_pool_size" => Unsupported("not yet supported: pools open connections on demand"),
+        "min_pool_size" => {
+            Unsupported("not supported per database: pool.min_pool_size applies to every pool")
+        }
         "reserve_pool" | "reserve_pool_size" => {
             Unsupported("not supported per database: pool.reserve_pool_size applies to every pool")
         }

@@ -288,6 +288,7 @@ const SAME_NAME: &[(&str, &str, Kind)] = &[
     ("log_pooler_errors", "log", Kind::Bool),
     ("reserve_pool_size", "pool", Kind::Count),
     ("reserve_pool_timeout", "pool", Kind::Seconds),
+    ("min_pool_size", "pool", Kind::Count),
 ];
 
 /// PgBouncer's (and pgtenant's) sslmode names.

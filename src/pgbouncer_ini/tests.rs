@@ -497,7 +497,7 @@ fn every_mapped_key_is_mapped() {
         };
         text.push_str(&format!("{key} = {value}\n"));
     }
-    assert_eq!(names.len(), 35, "{names:?}");
+    assert_eq!(names.len(), 36, "{names:?}");
     let m = mapped(&text);
     let unmapped: Vec<String> = warnings(&m)
         .into_iter()

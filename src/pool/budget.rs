@@ -51,6 +51,9 @@ pub struct PoolState {
     pub idle: Vec<Idle>,
     /// Clients waiting, first come first served.
     pub waiters: VecDeque<Waiter>,
+    /// The tenant's limits at the last checkout, for connections opened in
+    /// the background (`min_pool_size`).
+    pub limits: Option<super::PoolLimits>,
 }
 
 /// A client in a pool's line.
@@ -267,20 +270,28 @@ impl Pool {
         self.budget.hand_on();
     }
 
-    /// Closes idle connections that are idle longer than `max_idle` or older
-    /// than `max_age` (zero: no limit); returns how many.
+    /// Closes idle connections that are idle longer than `max_idle` (while
+    /// more than `min` are open) or older than `max_age` (zero: no limit);
+    /// returns how many.
     pub fn reap(
         self: &Arc<Self>,
         now: Instant,
         max_idle: std::time::Duration,
         max_age: std::time::Duration,
+        min: usize,
     ) -> usize {
         let mut st = lock(&self.state);
         let before = st.idle.len();
+        // Idle ones are closed down to `min` (oldest first); old ones always
+        // (the warmer replaces them).
+        let mut open = st.open;
         st.idle.retain(|i| {
-            let idle_too_long = !max_idle.is_zero() && now.duration_since(i.since) >= max_idle;
+            let idle_too_long =
+                !max_idle.is_zero() && now.duration_since(i.since) >= max_idle && open > min;
             let too_old = !max_age.is_zero() && now.duration_since(i.backend.opened) >= max_age;
-            !(idle_too_long || too_old)
+            let close = idle_too_long || too_old;
+            open -= usize::from(close);
+            !close
         });
         let closed = before - st.idle.len();
         st.open -= closed;

@@ -167,6 +167,9 @@ impl Pools {
         let granted = {
             let mut st = lock(&pool.state);
             st.size = limits.size.unwrap_or(config.default_pool_size);
+            if st.limits.as_ref() != Some(limits) {
+                st.limits = Some(limits.clone());
+            }
             self.immediate(&pool, &mut st)
         };
         let grant = match granted {
@@ -293,6 +296,7 @@ impl Pools {
                             open: 0,
                             idle: Vec::new(),
                             waiters: VecDeque::new(),
+                            limits: None,
                         }),
                         statements: Arc::default(),
                         budget: Arc::clone(&self.budget),
@@ -313,8 +317,50 @@ impl Pools {
         let age = seconds(config.server_lifetime);
         self.pools
             .iter()
-            .map(|p| p.value().reap(now, idle, age))
+            .map(|p| p.value().reap(now, idle, age, config.min_pool_size))
             .sum()
+    }
+
+    /// Opens connections in the background for every pool below
+    /// `min_pool_size` (or its size, if smaller), as far as the global
+    /// budget has free slots and the pool's database is not paused; returns
+    /// how many it opened. Pools only exist once a client used them.
+    pub async fn warm(&self) -> usize {
+        let config = self.config.load_full();
+        if config.min_pool_size == 0 {
+            return 0;
+        }
+        let pools: Vec<Arc<Pool>> = self.pools.iter().map(|p| Arc::clone(p.value())).collect();
+        let mut opened = 0;
+        for pool in pools {
+            while !self.controls.is_paused(&pool.key.database) {
+                let limits = {
+                    let mut st = lock(&pool.state);
+                    let Some(limits) = st.limits.clone() else {
+                        break;
+                    };
+                    if st.open >= config.min_pool_size.min(st.size) || !pool.budget.try_take() {
+                        break;
+                    }
+                    st.open += 1;
+                    limits
+                };
+                let connect = seconds(config.server_connect_timeout);
+                match self.open(&pool.key, &limits, connect).await {
+                    Ok(mut backend) => {
+                        backend.generation = pool.generation();
+                        pool.give_back(backend);
+                        opened += 1;
+                    }
+                    Err(e) => {
+                        pool.slot_freed();
+                        debug!(tenant = %pool.key.tenant, error = %e, "min_pool_size: could not open a connection");
+                        break;
+                    }
+                }
+            }
+        }
+        opened
     }
 
     /// Puts new pool settings in force: sizes and timeouts apply from the
