@@ -145,14 +145,6 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts Debian's PgBouncer with an admin user, as `postgres` when root
 /// (it refuses to run as root). `None` when it is not installed.
 async fn start_pgbouncer() -> Option<Bouncer> {
@@ -162,7 +154,7 @@ async fn start_pgbouncer() -> Option<Bouncer> {
     }
     let b = common::backend();
     let dir = tmpdir();
-    let port = free_port();
+    let port = common::free_port();
     let d = dir.path();
     std::fs::write(d.join("userlist.txt"), "\"admin\" \"admin-pw\"\n").unwrap();
     std::fs::write(
@@ -606,7 +598,7 @@ async fn prometheus_pgbouncer_exporter_reads_the_console() {
     for _ in 0..3 {
         client.simple_query("SELECT 1").await.unwrap();
     }
-    let port = free_port();
+    let port = common::free_port();
     let child = Command::new(exporter)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--pgbouncer-host", "127.0.0.1"])

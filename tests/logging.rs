@@ -33,18 +33,8 @@ impl Server {
     /// Writes a config (`extra` appended) for the test PostgreSQL, starts the
     /// binary, and waits for its "accepting clients" line.
     async fn start(dir: &std::path::Path, config: &Config, extra: &str) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let b = &config.backend;
-        let toml = format!(
-            "[http]\nlisten_addr = \"\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n\
-             [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
-             tenant_role_secret = \"{}\"\n{extra}",
-            b.host, b.port, b.admin_user, b.admin_password, b.tenant_role_secret
-        );
+        let port = common::free_port();
+        let toml = common::serve_toml(config, port, "", extra);
         let file = dir.join("pgtenant.toml");
         std::fs::write(&file, toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgtenant"))

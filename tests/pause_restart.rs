@@ -5,7 +5,8 @@
 //!
 //! This binary runs its own PostgreSQL (it is restarted), not the shared one.
 
-use std::process::Command;
+mod common;
+
 use std::time::Duration;
 
 use pgtenant::config::{Config, PoolMode};
@@ -15,49 +16,6 @@ use pgtenant::tenant::{AccessLevel, TenantId};
 use tokio_postgres::NoTls;
 
 const ADMIN_PW: &str = "console-pw";
-
-fn pgbench_init(cluster: &LocalCluster) {
-    let out = Command::new("pgbench")
-        .args(["-i", "-q", "-s", "1", "-h", &cluster.host])
-        .args([
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            &cluster.superuser,
-            "crm_db",
-        ])
-        .env("PGPASSWORD", &cluster.password)
-        .env("PGOPTIONS", "-c search_path=tenant_pr")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-h", &cluster.host])
-        .args([
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            &cluster.superuser,
-            "-d",
-            "crm_db",
-        ])
-        .args([
-            "-c",
-            "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA tenant_pr TO tenant_pr_rw",
-        ])
-        .env("PGPASSWORD", &cluster.password)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[tokio::test]
 async fn pause_restart_resume_under_pgbench_fails_nothing() {
@@ -100,7 +58,15 @@ async fn pause_restart_resume_under_pgbench_fails_nothing() {
         .await
         .unwrap();
     cluster = tokio::task::spawn_blocking(move || {
-        pgbench_init(&cluster);
+        let c = &cluster;
+        common::pgbench_init_on(
+            &c.host,
+            c.port,
+            &c.superuser,
+            &c.password,
+            "tenant_pr",
+            "tenant_pr_rw",
+        );
         cluster
     })
     .await
@@ -109,24 +75,10 @@ async fn pause_restart_resume_under_pgbench_fails_nothing() {
     let proxy = Proxy::start(config).await.unwrap();
     let port = proxy.local_addr().port();
     let load = tokio::task::spawn_blocking(move || {
-        let out = Command::new("pgbench")
-            .args([
-                "-n",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "alice@pr",
-            ])
-            .args(["-M", "prepared", "-c", "8", "-j", "2", "-T", "8", "crm_db"])
-            .env("PGPASSWORD", "alice-pw")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        common::pgbench_run(
+            port,
+            "alice@pr",
+            &["-M", "prepared", "-c", "8", "-j", "2", "-T", "8"],
         )
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -150,22 +102,19 @@ async fn pause_restart_resume_under_pgbench_fails_nothing() {
     assert_ne!(cluster.server_pid(), old_pid, "a new postmaster");
     console.simple_query("RESUME crm_db").await.unwrap();
 
-    let (ok, stdout, stderr) = load.await.unwrap();
-    let number = |prefix: &str| -> u64 {
-        stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-    };
-    let processed = number("number of transactions actually processed: ");
-    let failed = number("number of failed transactions: ");
-    println!("pgbench through PAUSE, PostgreSQL restart, RESUME: {processed} transactions, {failed} failed");
-    assert!(ok, "pgbench: {stderr}{stdout}");
-    assert!(processed > 0);
-    assert_eq!(failed, 0, "{stderr}");
-    assert!(stderr.trim().is_empty(), "pgbench saw errors: {stderr}");
+    let run = load.await.unwrap();
+    println!(
+        "pgbench through PAUSE, PostgreSQL restart, RESUME: {} transactions, {} failed",
+        run.processed, run.failed
+    );
+    assert!(run.ok, "pgbench: {}{}", run.stderr, run.stdout);
+    assert!(run.processed > 0);
+    assert_eq!(run.failed, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.trim().is_empty(),
+        "pgbench saw errors: {}",
+        run.stderr
+    );
     proxy.shutdown(Duration::from_secs(2)).await;
     drop(cluster);
 }

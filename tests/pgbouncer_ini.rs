@@ -17,15 +17,6 @@ use pgtenant::config::{AuthMethod, Config, PoolMode};
 use pgtenant::pgbouncer_ini::{self, Sources};
 use tokio_postgres::NoTls;
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// The files of one test.
 struct Files {
     _dir: tempfile::TempDir,

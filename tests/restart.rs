@@ -14,26 +14,12 @@ use pgtenant::config::Config;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A config file for `serve` on `port`, with `extra` TOML appended to `[pool]`.
+/// A config file for `serve` on `port`: transaction pooling, with extra
+/// `[listen]` and `[pool]` keys.
 fn write_config(path: &Path, config: &Config, port: u16, listen_extra: &str, pool_extra: &str) {
-    let b = &config.backend;
-    let toml = format!(
-        "[http]\nlisten_addr = \"\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n\
-         [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
-         tenant_role_secret = \"{}\"\n\
-         [pool]\npool_mode = \"transaction\"\nquery_wait_timeout = 30\n{pool_extra}\n",
-        b.host, b.port, b.admin_user, b.admin_password, b.tenant_role_secret
-    );
-    std::fs::write(path, toml).unwrap();
+    let pool =
+        format!("[pool]\npool_mode = \"transaction\"\nquery_wait_timeout = 30\n{pool_extra}\n");
+    std::fs::write(path, serve_toml(config, port, listen_extra, &pool)).unwrap();
 }
 
 /// Starts `pgtenant serve` and waits until it says it accepts clients.
@@ -85,26 +71,10 @@ async fn connect_to(
     Ok(client)
 }
 
-/// Runs pgbench against `port` without judging it: (processed, failed, aborted clients).
+/// Runs pgbench without judging it: (processed, failed, its stderr).
 fn pgbench_counts(port: u16, user: &str, args: &[&str]) -> (u64, u64, String) {
-    let out = std::process::Command::new("pgbench")
-        .args(["-n", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
-        .args(args)
-        .arg("crm_db")
-        .env("PGPASSWORD", "alice-pw")
-        .output()
-        .expect("pgbench runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let number = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-    };
-    let processed = number("number of transactions actually processed: ").unwrap_or(0);
-    let failed = number("number of failed transactions: ").unwrap_or(0);
-    let errors = String::from_utf8_lossy(&out.stderr).into_owned();
-    (processed, failed, errors)
+    let run = pgbench_run(port, user, args);
+    (run.processed, run.failed, run.stderr)
 }
 
 #[tokio::test]

@@ -642,19 +642,13 @@ async fn sighup_reloads_the_certificates_of_a_running_server() {
     let certs = Certs::new();
     let config = config();
     tenant(&config, "tls_hup").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let b = &config.backend;
-    let toml = format!(
-        "[http]\nlisten_addr = \"\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
-         tenant_role_secret = \"{}\"\n\
-         [tls]\nclient_tls_sslmode = \"require\"\nclient_tls_cert_file = \"server.pem\"\n\
+    let port = free_port();
+    let toml = serve_toml(
+        &config,
+        port,
+        "",
+        "[tls]\nclient_tls_sslmode = \"require\"\nclient_tls_cert_file = \"server.pem\"\n\
          client_tls_key_file = \"server-key.pem\"\n",
-        b.host, b.port, b.admin_user, b.admin_password, b.tenant_role_secret
     );
     // Relative file names: taken from the config file's directory.
     std::fs::write(certs.path("pgtenant.toml"), toml).unwrap();

@@ -4,6 +4,9 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::protocol::messages::{begin, finish, put_cstr};
+pub use crate::protocol::messages::{command_complete, empty_query};
+
 /// A column's declared type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
@@ -104,36 +107,6 @@ impl ResultSet {
         }
         command_complete(buf, "SHOW");
     }
-}
-
-/// CommandComplete with `tag`.
-pub fn command_complete(buf: &mut BytesMut, tag: &str) {
-    let at = begin(buf, b'C');
-    put_cstr(buf, tag);
-    finish(buf, at);
-}
-
-/// EmptyQueryResponse.
-pub fn empty_query(buf: &mut BytesMut) {
-    let at = begin(buf, b'I');
-    finish(buf, at);
-}
-
-fn begin(buf: &mut BytesMut, tag: u8) -> usize {
-    buf.put_u8(tag);
-    let at = buf.len();
-    buf.put_u32(0);
-    at
-}
-
-fn finish(buf: &mut BytesMut, at: usize) {
-    let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-fn put_cstr(buf: &mut BytesMut, s: &str) {
-    buf.extend(s.bytes().filter(|&b| b != 0));
-    buf.put_u8(0);
 }
 
 /// A time as PgBouncer prints it: `2026-01-31 23:59:59 UTC`.

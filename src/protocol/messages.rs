@@ -3,11 +3,11 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::error::put_cstr;
+pub(crate) use super::error::put_cstr;
 use super::startup::PROTOCOL_3;
 
 /// Starts a typed message; finish it with [`finish`].
-fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+pub(crate) fn begin(buf: &mut BytesMut, tag: u8) -> usize {
     buf.put_u8(tag);
     let at = buf.len();
     buf.put_u32(0);
@@ -15,7 +15,7 @@ fn begin(buf: &mut BytesMut, tag: u8) -> usize {
 }
 
 /// Patches the length word written by [`begin`].
-fn finish(buf: &mut BytesMut, at: usize) {
+pub(crate) fn finish(buf: &mut BytesMut, at: usize) {
     let len = (buf.len() - at) as u32;
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
@@ -89,6 +89,19 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, unrecognised: &[&str]) {
     for name in unrecognised {
         put_cstr(buf, name);
     }
+    finish(buf, at);
+}
+
+/// CommandComplete with `tag`.
+pub fn command_complete(buf: &mut BytesMut, tag: &str) {
+    let at = begin(buf, b'C');
+    put_cstr(buf, tag);
+    finish(buf, at);
+}
+
+/// EmptyQueryResponse.
+pub fn empty_query(buf: &mut BytesMut) {
+    let at = begin(buf, b'I');
     finish(buf, at);
 }
 

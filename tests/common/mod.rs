@@ -210,21 +210,24 @@ pub async fn one_value(client: &tokio_postgres::Client, sql: &str) -> String {
 /// the tenant's role use them.
 pub fn pgbench_init(schema: &str, role: &str) {
     let b = backend();
+    pgbench_init_on(&b.host, b.port, &b.user, &b.password, schema, role);
+}
+
+/// As [`pgbench_init`], on the PostgreSQL at `host:port` as `user`.
+pub fn pgbench_init_on(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    schema: &str,
+    role: &str,
+) {
+    let port = port.to_string();
     let out = std::process::Command::new("pgbench")
         .args([
-            "-i",
-            "-q",
-            "-s",
-            "1",
-            "-h",
-            &b.host,
-            "-p",
-            &b.port.to_string(),
-            "-U",
-            &b.user,
-            "crm_db",
+            "-i", "-q", "-s", "1", "-h", host, "-p", &port, "-U", user, "crm_db",
         ])
-        .env("PGPASSWORD", &b.password)
+        .env("PGPASSWORD", password)
         .env("PGOPTIONS", format!("-c search_path={schema}"))
         .output()
         .expect("pgbench runs");
@@ -233,24 +236,12 @@ pub fn pgbench_init(schema: &str, role: &str) {
         "pgbench -i: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let grant = format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role}");
     let out = std::process::Command::new("psql")
         .args([
-            "-X",
-            "-q",
-            "-h",
-            &b.host,
-            "-p",
-            &b.port.to_string(),
-            "-U",
-            &b.user,
-            "-d",
-            "crm_db",
+            "-X", "-q", "-h", host, "-p", &port, "-U", user, "-d", "crm_db", "-c", &grant,
         ])
-        .args([
-            "-c",
-            &format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
-        ])
-        .env("PGPASSWORD", &b.password)
+        .env("PGPASSWORD", password)
         .output()
         .expect("psql runs");
     assert!(
@@ -260,8 +251,23 @@ pub fn pgbench_init(schema: &str, role: &str) {
     );
 }
 
-/// Runs pgbench through the proxy; returns (transactions processed, failed).
-pub fn pgbench(port: u16, user: &str, args: &[&str]) -> (u64, u64) {
+/// What a pgbench run reported.
+pub struct PgbenchRun {
+    /// It exited 0.
+    pub ok: bool,
+    /// Transactions processed.
+    pub processed: u64,
+    /// Failed transactions.
+    pub failed: u64,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error (connection errors, aborted clients).
+    pub stderr: String,
+}
+
+/// Runs pgbench (database crm_db, password `alice-pw`) through the proxy
+/// on `port` as `user`, without judging the outcome.
+pub fn pgbench_run(port: u16, user: &str, args: &[&str]) -> PgbenchRun {
     let out = std::process::Command::new("pgbench")
         .args(["-n", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
         .args(args)
@@ -269,27 +275,58 @@ pub fn pgbench(port: u16, user: &str, args: &[&str]) -> (u64, u64) {
         .env("PGPASSWORD", "alice-pw")
         .output()
         .expect("pgbench runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "pgbench {args:?}: {}{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |prefix: &str| -> u64 {
-        text.lines()
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let number = |prefix: &str| {
+        stdout
+            .lines()
             .find_map(|l| l.trim().strip_prefix(prefix))
             .and_then(|rest| {
                 rest.split(|c: char| !c.is_ascii_digit())
                     .find(|s| !s.is_empty())
             })
             .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{text}"))
     };
-    let failed = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("number of failed transactions: "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    (field("number of transactions actually processed: "), failed)
+    PgbenchRun {
+        ok: out.status.success(),
+        processed: number("number of transactions actually processed: ").unwrap_or(0),
+        failed: number("number of failed transactions: ").unwrap_or(0),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout,
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A TOML configuration for `pgtenant serve` on `port` against the test
+/// PostgreSQL (HTTP listener off, so parallel tests never race for its
+/// port): `listen_extra` goes into `[listen]`, `extra` after everything.
+pub fn serve_toml(config: &Config, port: u16, listen_extra: &str, extra: &str) -> String {
+    let b = &config.backend;
+    format!(
+        "[http]\nlisten_addr = \"\"\n[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n\
+         [backend]\nhost = \"{}\"\nport = {}\nadmin_user = \"{}\"\nadmin_password = \"{}\"\n\
+         tenant_role_secret = \"{}\"\n{extra}",
+        b.host, b.port, b.admin_user, b.admin_password, b.tenant_role_secret
+    )
+}
+
+/// Runs pgbench through the proxy; returns (transactions processed, failed).
+/// Fails the test if pgbench does.
+pub fn pgbench(port: u16, user: &str, args: &[&str]) -> (u64, u64) {
+    let run = pgbench_run(port, user, args);
+    assert!(run.ok, "pgbench {args:?}: {}{}", run.stderr, run.stdout);
+    assert!(
+        run.stdout
+            .contains("number of transactions actually processed: "),
+        "no count in pgbench output:\n{}",
+        run.stdout
+    );
+    (run.processed, run.failed)
 }
