@@ -274,7 +274,9 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
     // The TLS certificate's channel binding data, once TLS is up.
     let mut binding: Option<Vec<u8>> = None;
     let authed = loop {
-        let attempt = login(&mut client, ctx, binding.as_deref());
+        // Boxed, as every step that ends before the client goes idle: a
+        // future is as large as its largest state, and idle clients are many.
+        let attempt = Box::pin(login(&mut client, ctx, binding.as_deref()));
         match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(Login::Done(authed))) => break *authed,
             Ok(Ok(Login::Cancel)) => return Ending::CancelRequest,
@@ -287,11 +289,13 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
                     tls: client.is_tls(),
                     state: clients::ClientState::Active,
                 });
-                crate::admin::serve(client, ctx, *user, &listed.entry).await;
+                Box::pin(crate::admin::serve(client, ctx, *user, &listed.entry)).await;
                 return Ending::Closed("admin console session ended");
             }
             Ok(Ok(Login::StartTls { direct })) => {
-                match tokio::time::timeout_at(deadline, start_tls(client, ctx, direct)).await {
+                match tokio::time::timeout_at(deadline, Box::pin(start_tls(client, ctx, direct)))
+                    .await
+                {
                     Ok(Some((tls, end_point))) => {
                         client = tls;
                         binding = Some(end_point);
@@ -332,7 +336,7 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
     let entry = &listed.entry;
     let kill = entry.kill.clone();
     let served = async move {
-        let ready = match attach(&mut client, ctx, authed).await {
+        let ready = match Box::pin(attach(&mut client, ctx, authed)).await {
             Ok(ready) => ready,
             Err(e) => return refuse(&mut client, ctx, e).await,
         };
@@ -341,11 +345,12 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
         match ready.mode {
             PoolMode::Session => {
                 entry.set_state(clients::ClientState::Active);
-                direct::serve(client, ready, ctx).await
+                Box::pin(direct::serve(client, ready, ctx)).await
             }
             mode => {
                 entry.set_state(clients::ClientState::Idle);
-                pooled::serve(client, ready, ctx, mode, entry).await
+                // Boxed: an async fn keeps its arguments as well as their moved parts.
+                pooled::serve(client, Box::new(ready), ctx, mode, entry).await
             }
         }
     };

@@ -10,11 +10,15 @@ use super::clients::{ClientEntry, ClientState as Listed};
 use super::events::{self, Ending};
 use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
 use super::{settings, Context, Ready, SessionError, TenantGate};
-use crate::config::{optional_seconds, PoolMode};
+use std::sync::Arc;
+
+use crate::config::{optional_seconds, Config, PoolMode};
 use crate::net::Stream;
+use crate::pool::{PoolKey, PoolLimits, StatementCache};
 use crate::protocol::FrameReader;
 use crate::protocol::{ErrorFields, SqlState};
 use crate::stats::Meter;
+use crate::tenant::TenantId;
 
 /// How a pooled client's life ended. `Ok`: why it left; `Err`: the error it
 /// is sent, and the detail behind it that only the log gets.
@@ -28,7 +32,7 @@ fn fatal(code: SqlState, message: &str) -> (ErrorFields, Option<String>) {
 /// Serves a logged-in client in `mode` until it leaves, and says why it left.
 pub(super) async fn serve(
     mut client: Stream,
-    ready: Ready,
+    ready: Box<Ready>,
     ctx: &Context,
     mode: PoolMode,
     entry: &ClientEntry,
@@ -41,7 +45,7 @@ pub(super) async fn serve(
         pool_limits,
         settings: client_settings,
         ..
-    } = ready;
+    } = *ready;
     let cache = std::sync::Arc::clone(backend.statements());
     backend.release_as_is();
     let mut state = ClientState {
@@ -53,7 +57,6 @@ pub(super) async fn serve(
     // Small: most messages are small, and idle clients are the many.
     let mut creader = FrameReader::new(1024);
     let config = ctx.config();
-    let reset_query = &config.pool.server_reset_query;
     let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
     let mut served_while_draining = false;
@@ -98,100 +101,25 @@ pub(super) async fn serve(
             }
             continue;
         }
-        entry.set_state(Listed::Waiting);
-        let mut pooled = match ctx.pools.checkout(&pool_key, &pool_limits).await {
-            Ok(b) => b,
-            Err(e) => break Err(SessionError::Pool(e).to_client_and_log()),
-        };
-        entry.set_state(Listed::Active);
-        if let Err(e) = settings::apply(pooled.backend(), &state.params).await {
-            pooled.release(reset_query).await;
-            break Err(e.to_client_and_log());
-        }
-        let backend = pooled.backend();
-        let (addr, backend_key) = (backend.addr.clone(), backend.key);
-        ctx.cancels.attach(key, &addr, backend_key);
-        let gate = TenantGate {
-            registry: &ctx.registry,
-            pools: &ctx.pools,
+        let turn = Turn {
+            ctx,
+            config: &config,
+            pool_key: &pool_key,
+            pool_limits: &pool_limits,
+            entry,
+            key,
             tenant: &tenant,
-            admin: &config.backend.admin_user,
-            own_pid: backend_key.0,
-        };
-        let pool = std::sync::Arc::clone(pooled.pool());
-        let meter = Meter::new(&pool.stats);
-        let period = Period {
-            mode,
             cache: &cache,
-            max_prepared: config.pool.max_prepared_statements,
-            gate: &gate,
+            mode,
             idle_transaction_timeout,
-            meter: &meter,
         };
-        let end = {
-            let (mut crx, mut ctx_w) = client.split();
-            active(
-                &mut crx,
-                &mut ctx_w,
-                &mut creader,
-                pooled.backend(),
-                &mut state,
-                &period,
-            )
-            .await
-        };
-        ctx.cancels.detach(key);
+        // Boxed: a transaction's state (checkout, relay, release) is large
+        // and lives only while the client holds a server connection; in the
+        // session's own future it would make every idle client as large.
+        if let Some(outcome) = Box::pin(turn.run(&mut client, &mut creader, &mut state)).await {
+            break outcome;
+        }
         served_while_draining = ctx.draining.is_cancelled();
-        entry.set_state(Listed::Idle);
-        // Reported parameters changed during the period hold on this connection too.
-        let backend = pooled.backend();
-        for (name, value) in &state.params {
-            if let Some(slot) = backend.params.iter_mut().find(|(n, _)| n == name) {
-                slot.1.clone_from(value);
-            }
-        }
-        match end {
-            TxnEnd::Idle if state.dirty => {
-                state.dirty = false;
-                pooled.release(reset_query).await;
-            }
-            TxnEnd::Idle => pooled.release_as_is(),
-            TxnEnd::ClientTerminated | TxnEnd::ClientGone | TxnEnd::ClientCorrupt => {
-                // The connection may be running the client's query: stop it and close.
-                if let Err(e) = crate::pool::send_cancel(&addr, backend_key).await {
-                    debug!(error = %e, "cancel of abandoned query failed");
-                }
-                drop(pooled);
-                break match end {
-                    TxnEnd::ClientCorrupt => {
-                        Err(fatal(SqlState::PROTOCOL_VIOLATION, "invalid message"))
-                    }
-                    TxnEnd::ClientTerminated => Ok("client close request"),
-                    _ => Ok("client connection lost"),
-                };
-            }
-            TxnEnd::BackendGone | TxnEnd::BackendCorrupt => {
-                drop(pooled);
-                break Err(fatal(
-                    SqlState::CONNECTION_FAILURE,
-                    "server connection lost",
-                ));
-            }
-            TxnEnd::IdleTransactionTimeout => {
-                drop(pooled);
-                break Err(fatal(
-                    SqlState("25P03"),
-                    "idle_transaction_timeout: closing a connection idle inside a transaction",
-                ));
-            }
-            TxnEnd::TransactionInStatementMode => {
-                drop(pooled);
-                break Err(fatal(
-                    SqlState::FEATURE_NOT_SUPPORTED,
-                    "transaction blocks are not allowed in statement pooling mode",
-                ));
-            }
-        }
     };
     ctx.cancels.remove(key);
     debug!(?outcome, "session ended");
@@ -205,6 +133,139 @@ pub(super) async fn serve(
     };
     let _ = client.shutdown().await;
     ending
+}
+
+/// What one transaction needs to know of its session.
+struct Turn<'a> {
+    ctx: &'a Context,
+    config: &'a Config,
+    pool_key: &'a PoolKey,
+    pool_limits: &'a PoolLimits,
+    entry: &'a ClientEntry,
+    key: (i32, i32),
+    tenant: &'a TenantId,
+    cache: &'a Arc<StatementCache>,
+    mode: PoolMode,
+    idle_transaction_timeout: Option<std::time::Duration>,
+}
+
+impl Turn<'_> {
+    /// One transaction (or statement): a server connection checked out and
+    /// brought to the client's settings, the relay until it owes nothing,
+    /// and its return. `Some`: the session ends so.
+    async fn run(
+        self,
+        client: &mut Stream,
+        creader: &mut FrameReader,
+        state: &mut ClientState,
+    ) -> Option<Outcome> {
+        let Turn {
+            ctx,
+            config,
+            pool_key,
+            pool_limits,
+            entry,
+            key,
+            tenant,
+            cache,
+            mode,
+            idle_transaction_timeout,
+        } = self;
+        entry.set_state(Listed::Waiting);
+        let mut pooled = match ctx.pools.checkout(pool_key, pool_limits).await {
+            Ok(b) => b,
+            Err(e) => return Some(Err(SessionError::Pool(e).to_client_and_log())),
+        };
+        entry.set_state(Listed::Active);
+        if let Err(e) = settings::apply(pooled.backend(), &state.params).await {
+            pooled.release(&config.pool.server_reset_query).await;
+            return Some(Err(e.to_client_and_log()));
+        }
+        let backend = pooled.backend();
+        let (addr, backend_key) = (backend.addr.clone(), backend.key);
+        ctx.cancels.attach(key, &addr, backend_key);
+        let gate = TenantGate {
+            registry: &ctx.registry,
+            pools: &ctx.pools,
+            tenant,
+            admin: &config.backend.admin_user,
+            own_pid: backend_key.0,
+        };
+        let pool = std::sync::Arc::clone(pooled.pool());
+        let meter = Meter::new(&pool.stats);
+        let period = Period {
+            mode,
+            cache,
+            max_prepared: config.pool.max_prepared_statements,
+            gate: &gate,
+            idle_transaction_timeout,
+            meter: &meter,
+        };
+        let end = {
+            let (mut crx, mut ctx_w) = client.split();
+            active(
+                &mut crx,
+                &mut ctx_w,
+                creader,
+                pooled.backend(),
+                state,
+                &period,
+            )
+            .await
+        };
+        ctx.cancels.detach(key);
+        entry.set_state(Listed::Idle);
+        // Reported parameters changed during the period hold on this connection too.
+        let backend = pooled.backend();
+        for (name, value) in &state.params {
+            if let Some(slot) = backend.params.iter_mut().find(|(n, _)| n == name) {
+                slot.1.clone_from(value);
+            }
+        }
+        match end {
+            TxnEnd::Idle if state.dirty => {
+                state.dirty = false;
+                pooled.release(&config.pool.server_reset_query).await;
+            }
+            TxnEnd::Idle => pooled.release_as_is(),
+            TxnEnd::ClientTerminated | TxnEnd::ClientGone | TxnEnd::ClientCorrupt => {
+                // The connection may be running the client's query: stop it and close.
+                if let Err(e) = crate::pool::send_cancel(&addr, backend_key).await {
+                    debug!(error = %e, "cancel of abandoned query failed");
+                }
+                drop(pooled);
+                return Some(match end {
+                    TxnEnd::ClientCorrupt => {
+                        Err(fatal(SqlState::PROTOCOL_VIOLATION, "invalid message"))
+                    }
+                    TxnEnd::ClientTerminated => Ok("client close request"),
+                    _ => Ok("client connection lost"),
+                });
+            }
+            TxnEnd::BackendGone | TxnEnd::BackendCorrupt => {
+                drop(pooled);
+                return Some(Err(fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    "server connection lost",
+                )));
+            }
+            TxnEnd::IdleTransactionTimeout => {
+                drop(pooled);
+                return Some(Err(fatal(
+                    SqlState("25P03"),
+                    "idle_transaction_timeout: closing a connection idle inside a transaction",
+                )));
+            }
+            TxnEnd::TransactionInStatementMode => {
+                drop(pooled);
+                return Some(Err(fatal(
+                    SqlState::FEATURE_NOT_SUPPORTED,
+                    "transaction blocks are not allowed in statement pooling mode",
+                )));
+            }
+        }
+        None
+    }
 }
 
 /// How long a client between transactions may stay once draining began,
