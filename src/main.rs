@@ -71,7 +71,7 @@ enum Command {
     Backup {
         /// Tenant id.
         id: String,
-        /// Directory to write (created; must be empty). Default: pgtenant-backup-<id>-<time>.
+        /// Directory to write (created; must be empty). Default: pgtenant-backup-<id>-<time> in provision.backup_dir.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -172,6 +172,9 @@ enum TenantCommand {
     Suspend {
         /// Tenant id.
         id: String,
+        /// Also close its connected clients and server connections now, in every proxy.
+        #[arg(long)]
+        now: bool,
     },
     /// Resume a suspended tenant.
     Resume {
@@ -188,7 +191,7 @@ enum TenantCommand {
         /// Do not take a backup first.
         #[arg(long)]
         no_backup: bool,
-        /// Directory for the backup (default: a new one in the current directory).
+        /// Directory for the backup (default: a new one in provision.backup_dir, else the current directory).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
     },
@@ -393,10 +396,15 @@ async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
             );
             Ok(())
         }
-        TenantCommand::Suspend { id } => {
+        TenantCommand::Suspend { id, now } => {
             let id = TenantId::parse(&id)?;
-            provision::suspend_tenant(config, &id).await?;
-            println!("tenant {id} is suspended");
+            if now {
+                provision::suspend_tenant_now(config, &id).await?;
+                println!("tenant {id} is suspended; proxies close its connections");
+            } else {
+                provision::suspend_tenant(config, &id).await?;
+                println!("tenant {id} is suspended");
+            }
             Ok(())
         }
         TenantCommand::Resume { id } => {

@@ -12,6 +12,7 @@ use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, P
 use super::{settings, Context, Ready, SessionError, TenantGate};
 use crate::config::{optional_seconds, PoolMode};
 use crate::net::Stream;
+use crate::pool::PoolLimits;
 use crate::protocol::FrameReader;
 use crate::protocol::{ErrorFields, SqlState};
 use crate::stats::Meter;
@@ -38,7 +39,6 @@ pub(super) async fn serve(
         key,
         tenant,
         pool_key,
-        pool_limits,
         settings: client_settings,
         ..
     } = ready;
@@ -98,6 +98,20 @@ pub(super) async fn serve(
             }
             continue;
         }
+        // The tenant's settings as the registry says now, so a changed
+        // pool_size applies to connected clients too.
+        let pool_limits = match ctx.registry.tenant(tenant.as_str()) {
+            Some(info) if !info.must_disconnect() => PoolLimits {
+                size: info.pool_size,
+                statement_timeout: info.statement_timeout,
+            },
+            _ => {
+                break Err(fatal(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    &format!("tenant \"{tenant}\" is not available"),
+                ))
+            }
+        };
         entry.set_state(Listed::Waiting);
         let mut pooled = match ctx.pools.checkout(&pool_key, &pool_limits).await {
             Ok(b) => b,
