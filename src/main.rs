@@ -630,21 +630,7 @@ async fn drift(config: &Config, tenant: Option<&str>) -> Result<()> {
 fn parse_settings(text: &str) -> Result<serde_json::Value> {
     let value: serde_json::Value =
         serde_json::from_str(text).with_context(|| format!("--settings is not JSON: {text}"))?;
-    let without_nulls = serde_json::Value::Object(
-        value
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    );
-    if !value.is_object() {
-        bail!("tenant settings must be a JSON object, not {text}");
-    }
-    provision::lifecycle::validate_tenant_settings(&without_nulls).map_err(anyhow::Error::msg)?;
+    provision::lifecycle::check_settings_change(&value).map_err(anyhow::Error::msg)?;
     Ok(value)
 }
 

@@ -147,7 +147,7 @@ impl Proxy {
                 shutdown: shutdown.clone(),
             });
             crate::http::spawn(listener, state, &tracker);
-            info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            info!(addr = %bound, "serving /metrics, /healthz, /readyz and the admin API");
             http_addr = Some(bound);
         }
         tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));

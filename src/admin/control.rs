@@ -113,7 +113,11 @@ pub fn shutdown(ctx: &Context) -> &'static str {
 
 /// SUSPEND TENANT id [NOW], through the registry (as `pgtenant tenant
 /// suspend [--now]` does); returns once this proxy has heard of the change.
-pub async fn suspend_tenant(ctx: &Context, id: &str, now: bool) -> Result<&'static str, AdminError> {
+pub async fn suspend_tenant(
+    ctx: &Context,
+    id: &str,
+    now: bool,
+) -> Result<&'static str, AdminError> {
     tenant_status(ctx, id, Some(now)).await?;
     Ok("SUSPEND")
 }

@@ -145,9 +145,7 @@ pub fn parse(sql: &str) -> Result<Option<Command>, ParseError> {
             id: arg(2).unwrap_or_default(),
             now: false,
         },
-        ("SUSPEND", Some("TENANT"))
-            if words.len() == 4 && words[3].eq_ignore_ascii_case("NOW") =>
-        {
+        ("SUSPEND", Some("TENANT")) if words.len() == 4 && words[3].eq_ignore_ascii_case("NOW") => {
             Command::SuspendTenant {
                 id: arg(2).unwrap_or_default(),
                 now: true,

@@ -102,8 +102,9 @@ pub(crate) async fn backup_with_status(
     let (compact, iso): (String, String) = (stamp.get(0), stamp.get(1));
     let dir = match out {
         Some(dir) => dir.to_path_buf(),
-        None => Path::new(&config.provision.backup_dir)
-            .join(format!("pgtenant-backup-{id}-{compact}")),
+        None => {
+            Path::new(&config.provision.backup_dir).join(format!("pgtenant-backup-{id}-{compact}"))
+        }
     };
     prepare_dir(&dir)?;
 

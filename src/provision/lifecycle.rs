@@ -423,6 +423,23 @@ async fn terminate_sessions(
     Ok(terminated)
 }
 
+/// Tenant `id`'s status in the registry (`provisioning`, `active`,
+/// `suspended`, `dropping`); `None` when it is not registered.
+pub async fn tenant_status(
+    config: &Config,
+    id: &TenantId,
+) -> Result<Option<String>, ProvisionError> {
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let row = registry
+        .query_opt(
+            "SELECT status FROM commons.tenants WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading tenant {id}")))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// Changes tenant `id`'s display name.
 pub async fn set_tenant_name(
     config: &Config,
@@ -483,6 +500,18 @@ pub fn validate_tenant_settings(settings: &serde_json::Value) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// Checks settings as given to `tenant configure` or `--settings`: a JSON
+/// object whose `null` members mean "remove" and whose other members pass
+/// [`validate_tenant_settings`].
+pub fn check_settings_change(settings: &serde_json::Value) -> Result<(), String> {
+    if !settings.is_object() {
+        return Err(format!(
+            "tenant settings must be a JSON object, not {settings}"
+        ));
+    }
+    validate_tenant_settings(&strip_nulls(settings))
 }
 
 /// `30s`, `500ms`, `2min`, `1h` or plain milliseconds.

@@ -87,7 +87,10 @@ pub fn evict(ctx: &Context, only: Option<&HashSet<&str>>) -> Vec<TenantId> {
         info!(%tenant, idle_servers = servers, "tenant may not be served: connections closed");
     }
     if clients > 0 {
-        info!(clients, "clients of dropped or suspended tenants disconnected");
+        info!(
+            clients,
+            "clients of dropped or suspended tenants disconnected"
+        );
     }
     doomed
 }

@@ -6,8 +6,8 @@
 pub mod cancel;
 pub mod clients;
 mod direct;
-pub mod evict;
 mod events;
+pub mod evict;
 pub mod expect;
 mod pooled;
 pub mod relay;
