@@ -23,6 +23,11 @@ CREATE TABLE IF NOT EXISTS commons.tenants (
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- While the tenant is `suspended`: proxies also close its connected clients
+-- and server connections (`tenant suspend --now`), not only refuse new ones.
+-- Nullable (NULL = false) so backups taken before it existed restore as they are.
+ALTER TABLE commons.tenants ADD COLUMN IF NOT EXISTS disconnect_clients boolean DEFAULT false;
+
 CREATE TABLE IF NOT EXISTS commons.tenant_users (
     tenant_id   text NOT NULL REFERENCES commons.tenants (id) ON DELETE CASCADE,
     username    text NOT NULL,

@@ -135,6 +135,11 @@ pub struct HttpConfig {
     pub metrics_tenant_label: TenantLabel,
     /// Tenants with their own series under `top_n`. Default 20. Reload applies.
     pub metrics_top_n: usize,
+    /// Bearer token the admin API (`/tenants...`) requires in
+    /// `Authorization: Bearer <token>`. Default empty: no token asked, and
+    /// then the API answers only when `listen_addr` is a loopback address.
+    /// `/metrics`, `/healthz` and `/readyz` never ask for it. Reload applies.
+    pub api_token: String,
 }
 
 impl Default for HttpConfig {
@@ -143,6 +148,7 @@ impl Default for HttpConfig {
             listen_addr: "127.0.0.1:9930".into(),
             metrics_tenant_label: TenantLabel::TopN,
             metrics_top_n: 20,
+            api_token: String::new(),
         }
     }
 }
@@ -293,12 +299,18 @@ pub struct ProvisionConfig {
     /// Directory holding `<database>/migrations/*.sql`. Relative paths are taken
     /// from the current directory. Default `sql`.
     pub migrations_dir: String,
+    /// Directory in which backups taken without an explicit directory
+    /// (`pgtenant backup`, `tenant drop`, the admin API's DELETE) get their
+    /// own new `pgtenant-backup-<id>-<time>` directory; created when missing.
+    /// Default empty: the current directory.
+    pub backup_dir: String,
 }
 
 impl Default for ProvisionConfig {
     fn default() -> Self {
         Self {
             migrations_dir: "sql".into(),
+            backup_dir: String::new(),
         }
     }
 }
@@ -947,5 +959,7 @@ mod example_file {
         assert_eq!(config.admin.admin_users, ["admin"]);
         assert_eq!(config.admin.stats_users, ["stats"]);
         assert_eq!(config.admin.stats_period, 15.0);
+        assert_eq!(config.http.api_token, "");
+        assert_eq!(config.provision.backup_dir, "backups");
     }
 }

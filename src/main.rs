@@ -71,7 +71,7 @@ enum Command {
     Backup {
         /// Tenant id.
         id: String,
-        /// Directory to write (created; must be empty). Default: pgtenant-backup-<id>-<time>.
+        /// Directory to write (created; must be empty). Default: pgtenant-backup-<id>-<time> in provision.backup_dir.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -172,6 +172,9 @@ enum TenantCommand {
     Suspend {
         /// Tenant id.
         id: String,
+        /// Also close its connected clients and server connections now, in every proxy.
+        #[arg(long)]
+        now: bool,
     },
     /// Resume a suspended tenant.
     Resume {
@@ -188,7 +191,7 @@ enum TenantCommand {
         /// Do not take a backup first.
         #[arg(long)]
         no_backup: bool,
-        /// Directory for the backup (default: a new one in the current directory).
+        /// Directory for the backup (default: a new one in provision.backup_dir, else the current directory).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
     },
@@ -393,10 +396,15 @@ async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
             );
             Ok(())
         }
-        TenantCommand::Suspend { id } => {
+        TenantCommand::Suspend { id, now } => {
             let id = TenantId::parse(&id)?;
-            provision::suspend_tenant(config, &id).await?;
-            println!("tenant {id} is suspended");
+            if now {
+                provision::suspend_tenant_now(config, &id).await?;
+                println!("tenant {id} is suspended; proxies close its connections");
+            } else {
+                provision::suspend_tenant(config, &id).await?;
+                println!("tenant {id} is suspended");
+            }
             Ok(())
         }
         TenantCommand::Resume { id } => {
@@ -622,21 +630,7 @@ async fn drift(config: &Config, tenant: Option<&str>) -> Result<()> {
 fn parse_settings(text: &str) -> Result<serde_json::Value> {
     let value: serde_json::Value =
         serde_json::from_str(text).with_context(|| format!("--settings is not JSON: {text}"))?;
-    let without_nulls = serde_json::Value::Object(
-        value
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default(),
-    );
-    if !value.is_object() {
-        bail!("tenant settings must be a JSON object, not {text}");
-    }
-    provision::lifecycle::validate_tenant_settings(&without_nulls).map_err(anyhow::Error::msg)?;
+    provision::lifecycle::check_settings_change(&value).map_err(anyhow::Error::msg)?;
     Ok(value)
 }
 

@@ -67,6 +67,7 @@ impl Proxy {
         let shutdown = CancellationToken::new();
         let registry_stop = CancellationToken::new();
         let registry = Registry::start(&config.backend, registry_stop.clone()).await?;
+        let evictions = registry.subscribe();
         let auth_file = crate::reload::load_auth_file(&config.auth.auth_file)?;
         let server_key =
             role_password(&config.backend.tenant_role_secret, "pgtenant mock secrets").into_bytes();
@@ -146,10 +147,16 @@ impl Proxy {
                 shutdown: shutdown.clone(),
             });
             crate::http::spawn(listener, state, &tracker);
-            info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+            info!(addr = %bound, "serving /metrics, /healthz, /readyz and the admin API");
             http_addr = Some(bound);
         }
         tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));
+        // Off the tracker: it keeps acting on tenant changes while draining.
+        tokio::spawn(session::evict::run(
+            Arc::clone(&context),
+            evictions,
+            registry_stop.clone(),
+        ));
         tracker.spawn(crate::admin::record_stats(
             Arc::clone(&context),
             shutdown.clone(),

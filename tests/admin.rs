@@ -517,9 +517,20 @@ async fn suspend_and_resume_a_tenant() {
         .unwrap();
     assert_eq!(field(&row, "status"), "suspended");
     admin.simple_query("RESUME TENANT adm_susp").await.unwrap();
-    common::connect(&proxy, "alice@adm_susp", "alice-pw", "")
+    let client = common::connect(&proxy, "alice@adm_susp", "alice-pw", "")
         .await
         .unwrap();
+    // NOW also closes the clients already connected.
+    admin
+        .simple_query("SUSPEND TENANT adm_susp NOW")
+        .await
+        .unwrap();
+    let closed = common::eventually(std::time::Duration::from_secs(15), || async {
+        client.is_closed()
+    })
+    .await;
+    assert!(closed, "SUSPEND TENANT ... NOW left the client connected");
+    admin.simple_query("RESUME TENANT adm_susp").await.unwrap();
     let err = admin
         .simple_query("SUSPEND TENANT adm_nosuch")
         .await

@@ -111,20 +111,33 @@ pub fn shutdown(ctx: &Context) -> &'static str {
     "SHUTDOWN"
 }
 
-/// SUSPEND TENANT id / RESUME TENANT id, through the registry (as `pgtenant
-/// tenant suspend` does); returns once this proxy has heard of the change.
-pub async fn tenant_status(
+/// SUSPEND TENANT id [NOW], through the registry (as `pgtenant tenant
+/// suspend [--now]` does); returns once this proxy has heard of the change.
+pub async fn suspend_tenant(
     ctx: &Context,
     id: &str,
-    suspend: bool,
+    now: bool,
 ) -> Result<&'static str, AdminError> {
+    tenant_status(ctx, id, Some(now)).await?;
+    Ok("SUSPEND")
+}
+
+/// RESUME TENANT id, as `pgtenant tenant resume`; returns once this proxy
+/// has heard of the change.
+pub async fn resume_tenant(ctx: &Context, id: &str) -> Result<&'static str, AdminError> {
+    tenant_status(ctx, id, None).await?;
+    Ok("RESUME")
+}
+
+/// Suspends (`Some(now)`) or resumes (`None`) tenant `id`.
+async fn tenant_status(ctx: &Context, id: &str, suspend: Option<bool>) -> Result<(), AdminError> {
     let id = TenantId::parse(id)
         .map_err(|e| AdminError::new(SqlState::INVALID_PARAMETER_VALUE, e.to_string()))?;
     let config = ctx.config();
-    let result = if suspend {
-        crate::provision::suspend_tenant(&config, &id).await
-    } else {
-        crate::provision::resume_tenant(&config, &id).await
+    let result = match suspend {
+        Some(false) => crate::provision::suspend_tenant(&config, &id).await,
+        Some(true) => crate::provision::suspend_tenant_now(&config, &id).await,
+        None => crate::provision::resume_tenant(&config, &id).await,
     };
     result.map_err(|e| match e {
         crate::provision::ProvisionError::UnknownTenant(_) => AdminError::new(
@@ -133,21 +146,16 @@ pub async fn tenant_status(
         ),
         other => AdminError::protocol(other.to_string()),
     })?;
-    let wanted = if suspend {
-        TenantStatus::Suspended
-    } else {
-        TenantStatus::Active
+    let wanted = match suspend {
+        Some(_) => TenantStatus::Suspended,
+        None => TenantStatus::Active,
     };
     // The registry's NOTIFY normally arrives at once; don't wait forever.
-    for _ in 0..250 {
-        if ctx
-            .registry
-            .tenant(id.as_str())
-            .is_some_and(|t| t.status == wanted)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(if suspend { "SUSPEND" } else { "RESUME" })
+    ctx.registry
+        .wait_for(&id, HEAR_LIMIT, |t| t.is_some_and(|t| t.status == wanted))
+        .await;
+    Ok(())
 }
+
+/// How long a tenant command waits for this proxy to hear of its change.
+const HEAR_LIMIT: Duration = Duration::from_secs(5);

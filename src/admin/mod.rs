@@ -201,8 +201,10 @@ async fn execute(ctx: &Context, user: &ConsoleUser, sql: &str) -> Result<Reply, 
         Command::Reload => Reply::Done(control::reload(ctx)?),
         Command::Set { key, value } => Reply::Done(control::set(ctx, &key, &value)?),
         Command::Shutdown => Reply::Done(control::shutdown(ctx)),
-        Command::SuspendTenant(id) => Reply::Done(control::tenant_status(ctx, &id, true).await?),
-        Command::ResumeTenant(id) => Reply::Done(control::tenant_status(ctx, &id, false).await?),
+        Command::SuspendTenant { id, now } => {
+            Reply::Done(control::suspend_tenant(ctx, &id, now).await?)
+        }
+        Command::ResumeTenant(id) => Reply::Done(control::resume_tenant(ctx, &id).await?),
     })
 }
 

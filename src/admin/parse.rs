@@ -1,6 +1,6 @@
 //! The console's command language: PgBouncer's commands, case-insensitive,
 //! one per query string with an optional trailing `;`, plus pgtenant's
-//! `SHOW TENANTS`, `SUSPEND TENANT id` and `RESUME TENANT id`.
+//! `SHOW TENANTS`, `SUSPEND TENANT id [NOW]` and `RESUME TENANT id`.
 
 /// What a SHOW asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +63,13 @@ pub enum Command {
     },
     /// SHUTDOWN.
     Shutdown,
-    /// SUSPEND TENANT id.
-    SuspendTenant(String),
+    /// SUSPEND TENANT id [NOW].
+    SuspendTenant {
+        /// The tenant.
+        id: String,
+        /// NOW: its connected clients are closed too.
+        now: bool,
+    },
     /// RESUME TENANT id.
     ResumeTenant(String),
 }
@@ -136,8 +141,15 @@ pub fn parse(sql: &str) -> Result<Option<Command>, ParseError> {
             at_most(2)?;
             Command::Resume(arg(1))
         }
-        ("SUSPEND", Some("TENANT")) if words.len() == 3 => {
-            Command::SuspendTenant(arg(2).unwrap_or_default())
+        ("SUSPEND", Some("TENANT")) if words.len() == 3 => Command::SuspendTenant {
+            id: arg(2).unwrap_or_default(),
+            now: false,
+        },
+        ("SUSPEND", Some("TENANT")) if words.len() == 4 && words[3].eq_ignore_ascii_case("NOW") => {
+            Command::SuspendTenant {
+                id: arg(2).unwrap_or_default(),
+                now: true,
+            }
         }
         ("RECONNECT", _) => {
             at_most(2)?;
@@ -260,8 +272,19 @@ mod tests {
         );
         assert_eq!(
             parse("SUSPEND TENANT acme"),
-            Ok(Some(Command::SuspendTenant("acme".into())))
+            Ok(Some(Command::SuspendTenant {
+                id: "acme".into(),
+                now: false
+            }))
         );
+        assert_eq!(
+            parse("suspend tenant acme now;"),
+            Ok(Some(Command::SuspendTenant {
+                id: "acme".into(),
+                now: true
+            }))
+        );
+        assert!(parse("SUSPEND TENANT acme LATER").is_err());
         assert_eq!(
             parse("resume tenant acme"),
             Ok(Some(Command::ResumeTenant("acme".into())))

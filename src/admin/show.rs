@@ -319,7 +319,7 @@ pub fn help() -> ResultSet {
         "DISABLE <db>",
         "ENABLE <db>",
         "KILL <db>",
-        "SUSPEND TENANT <id>",
+        "SUSPEND TENANT <id> [NOW]",
         "RESUME TENANT <id>",
         "SHUTDOWN",
     ] {

@@ -1,8 +1,13 @@
-//! The HTTP listener (`[http] listen_addr`): Prometheus metrics and health
-//! checks today, more admin routes later. This module binds and serves;
-//! `routes` says what each path answers. What the metrics contain is
-//! `crate::metrics`'s business.
+//! The HTTP listener (`[http] listen_addr`): Prometheus metrics, health
+//! checks and the admin API (`/tenants...`). This module binds and serves;
+//! `routes` says what each path answers, `api` holds the admin API's
+//! handlers, `auth` its token check, `error` its error bodies. What the
+//! metrics contain is `crate::metrics`'s business; what the API does is
+//! `crate::provision`'s.
 
+pub mod api;
+pub mod auth;
+pub mod error;
 pub mod routes;
 
 use std::net::SocketAddr;

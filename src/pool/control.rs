@@ -1,5 +1,6 @@
 //! What an operator can do to pools while the proxy runs (the admin
-//! console's PAUSE, RESUME, RECONNECT, DISABLE, ENABLE and KILL), and the
+//! console's PAUSE, RESUME, RECONNECT, DISABLE, ENABLE and KILL; closing a
+//! tenant's pools when it may not be served any more), and the
 //! list of open server connections it shows. The pools consult these at
 //! checkout and release; the console itself lives in `admin`.
 //!
@@ -220,6 +221,35 @@ impl super::Pools {
             pool.generation.fetch_add(1, Relaxed);
         }
         self.close_idle(database);
+    }
+
+    /// Closes the server connections of `tenant`'s pools and forgets the
+    /// pools (the tenant may not be served any more): idle connections
+    /// close now; those in use close when their client gives them back,
+    /// or with their client. Returns how many idle ones were closed.
+    pub fn close_tenant(&self, tenant: &crate::tenant::TenantId) -> usize {
+        let pools: Vec<Arc<super::Pool>> = self
+            .pools
+            .iter()
+            .filter(|p| &p.key().tenant == tenant)
+            .map(|p| Arc::clone(p.value()))
+            .collect();
+        let mut closed = 0;
+        for pool in pools {
+            self.pools.remove(&pool.key);
+            pool.generation.fetch_add(1, Relaxed);
+            let idle = {
+                let mut st = super::budget::lock(&pool.state);
+                let idle = std::mem::take(&mut st.idle);
+                st.open -= idle.len();
+                idle
+            };
+            for _ in &idle {
+                pool.budget.hand_on();
+            }
+            closed += idle.len();
+        }
+        closed
     }
 
     /// Server process ids of the idle connections, per pool.

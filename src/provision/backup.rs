@@ -66,7 +66,8 @@ pub struct RegistryRows {
 }
 
 /// Backs tenant `id` up into `out` (created; must be empty if it exists), or
-/// into `pgtenant-backup-<id>-<UTC time>` in the current directory. Returns
+/// into `pgtenant-backup-<id>-<UTC time>` under `provision.backup_dir` (the
+/// current directory when empty). Returns
 /// the directory. It holds password verifiers, so it is made private (0700).
 pub async fn backup_tenant(
     config: &Config,
@@ -101,7 +102,9 @@ pub(crate) async fn backup_with_status(
     let (compact, iso): (String, String) = (stamp.get(0), stamp.get(1));
     let dir = match out {
         Some(dir) => dir.to_path_buf(),
-        None => PathBuf::from(format!("pgtenant-backup-{id}-{compact}")),
+        None => {
+            Path::new(&config.provision.backup_dir).join(format!("pgtenant-backup-{id}-{compact}"))
+        }
     };
     prepare_dir(&dir)?;
 

@@ -3,7 +3,8 @@
 //!
 //! Status changes only touch `commons.tenants`; running proxies learn of them
 //! through the registry's NOTIFY trigger and refuse suspended or dropping
-//! tenants at once. Creation lives in [`crate::provision::tenant`], backups in
+//! tenants at once, and close the connections of dropping ones and of those
+//! suspended `--now` (`crate::session::evict`). Creation lives in [`crate::provision::tenant`], backups in
 //! [`crate::provision::backup`].
 
 use std::path::PathBuf;
@@ -57,7 +58,8 @@ pub struct SchemaDetails {
 /// What `pgtenant tenant show` prints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantDetails {
-    /// The registry row's main columns.
+    /// The registry row's main columns (inline in JSON: `id`, `name`, ...).
+    #[serde(flatten)]
     pub summary: TenantSummary,
     /// Backend name of a `dedicated` tenant.
     pub backend: Option<String>,
@@ -76,7 +78,8 @@ pub struct TenantDetails {
 pub struct DropOptions {
     /// Take a backup first (and stop if it fails).
     pub backup: bool,
-    /// Where the backup goes; `None` for a new directory in the current one.
+    /// Where the backup goes; `None` for a new directory under
+    /// `provision.backup_dir`.
     pub backup_dir: Option<PathBuf>,
 }
 
@@ -180,34 +183,48 @@ pub async fn show_tenant(config: &Config, id: &TenantId) -> Result<TenantDetails
 }
 
 /// Marks an active tenant `suspended`: running proxies refuse its new
-/// connections at once. Suspending a suspended tenant is a no-op.
+/// connections at once; connected clients stay. Suspending a suspended
+/// tenant is a no-op.
 pub async fn suspend_tenant(config: &Config, id: &TenantId) -> Result<(), ProvisionError> {
-    set_status(config, id, "suspended", &["active", "suspended"]).await
+    set_status(config, id, "suspended", false).await
+}
+
+/// [`suspend_tenant`], and every running proxy also closes the tenant's
+/// connected clients and server connections at once (`tenant suspend
+/// --now`); it stays so until the tenant is resumed.
+pub async fn suspend_tenant_now(config: &Config, id: &TenantId) -> Result<(), ProvisionError> {
+    set_status(config, id, "suspended", true).await
 }
 
 /// Marks a suspended tenant `active` again. Resuming an active tenant is a no-op.
 pub async fn resume_tenant(config: &Config, id: &TenantId) -> Result<(), ProvisionError> {
-    set_status(config, id, "active", &["active", "suspended"]).await
+    set_status(config, id, "active", false).await
 }
 
-/// Sets `status` when the current status is one of `from`; otherwise explains why not.
+/// Sets `status` (`active` or `suspended`) when the tenant is active or
+/// suspended; otherwise explains why not. `disconnect` asks proxies to
+/// close a suspended tenant's connections too; a plain suspend of a tenant
+/// suspended with it keeps it, a resume clears it.
 async fn set_status(
     config: &Config,
     id: &TenantId,
     status: &str,
-    from: &[&str],
+    disconnect: bool,
 ) -> Result<(), ProvisionError> {
     let registry = admin_connect(config, &config.backend.registry_database).await?;
-    let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
     let changed = registry
         .execute(
-            "UPDATE commons.tenants SET status = $2 WHERE id = $1 AND status = ANY($3)",
-            &[&id.as_str(), &status, &from],
+            "UPDATE commons.tenants
+                SET status = $2,
+                    disconnect_clients = $2 = 'suspended'
+                        AND ($3 OR (status = 'suspended' AND coalesce(disconnect_clients, false)))
+              WHERE id = $1 AND status IN ('active', 'suspended')",
+            &[&id.as_str(), &status, &disconnect],
         )
         .await
         .map_err(db_err(format!("setting tenant {id} {status}")))?;
     if changed == 1 {
-        tracing::info!(tenant = %id, status, "tenant status changed");
+        tracing::info!(tenant = %id, status, disconnect, "tenant status changed");
         return Ok(());
     }
     let current: Option<String> = registry
@@ -406,6 +423,43 @@ async fn terminate_sessions(
     Ok(terminated)
 }
 
+/// Tenant `id`'s status in the registry (`provisioning`, `active`,
+/// `suspended`, `dropping`); `None` when it is not registered.
+pub async fn tenant_status(
+    config: &Config,
+    id: &TenantId,
+) -> Result<Option<String>, ProvisionError> {
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let row = registry
+        .query_opt(
+            "SELECT status FROM commons.tenants WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading tenant {id}")))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Changes tenant `id`'s display name.
+pub async fn set_tenant_name(
+    config: &Config,
+    id: &TenantId,
+    name: &str,
+) -> Result<(), ProvisionError> {
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let changed = registry
+        .execute(
+            "UPDATE commons.tenants SET name = $2 WHERE id = $1",
+            &[&id.as_str(), &name],
+        )
+        .await
+        .map_err(db_err(format!("renaming tenant {id}")))?;
+    if changed == 0 {
+        return Err(ProvisionError::UnknownTenant(id.to_string()));
+    }
+    Ok(())
+}
+
 /// Keys a tenant's `config` may hold, as the proxy reads them.
 pub const TENANT_SETTINGS: [&str; 4] =
     ["pool_size", "pool_mode", "statement_timeout", "max_clients"];
@@ -446,6 +500,18 @@ pub fn validate_tenant_settings(settings: &serde_json::Value) -> Result<(), Stri
         }
     }
     Ok(())
+}
+
+/// Checks settings as given to `tenant configure` or `--settings`: a JSON
+/// object whose `null` members mean "remove" and whose other members pass
+/// [`validate_tenant_settings`].
+pub fn check_settings_change(settings: &serde_json::Value) -> Result<(), String> {
+    if !settings.is_object() {
+        return Err(format!(
+            "tenant settings must be a JSON object, not {settings}"
+        ));
+    }
+    validate_tenant_settings(&strip_nulls(settings))
 }
 
 /// `30s`, `500ms`, `2min`, `1h` or plain milliseconds.

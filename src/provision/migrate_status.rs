@@ -1,12 +1,14 @@
 //! `pgtenant migrate status`: per service database, how many tenants are at
 //! each migration version, and where the `tenant_template` reference stands.
 //!
+//! Also one tenant's applied and pending migrations ([`tenant_migrations`]).
 //! Reads only the registry and the migration files; applying migrations is
 //! [`crate::provision::migrate`]'s job.
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::tenant::TenantId;
 
 use super::migrate::{load_migrations, TEMPLATE_ID};
 use super::{admin_connect, db_err, ProvisionError};
@@ -89,6 +91,77 @@ pub async fn migration_status(config: &Config) -> Result<Vec<DatabaseStatus>, Pr
             files,
             template,
             versions,
+        });
+    }
+    Ok(out)
+}
+
+/// One migration recorded as applied to a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppliedMigration {
+    /// The migration file's name.
+    pub version: String,
+    /// When it was applied, UTC, `YYYY-MM-DD HH:MM:SS`.
+    pub applied_at: String,
+}
+
+/// A tenant's migrations in one service database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TenantMigrations {
+    /// The service database.
+    pub database: String,
+    /// Applied migrations, in order.
+    pub applied: Vec<AppliedMigration>,
+    /// Migration files not applied yet, in order.
+    pub pending: Vec<String>,
+}
+
+/// Per configured service database: the migrations applied to tenant `id`
+/// and the files still pending for it.
+pub async fn tenant_migrations(
+    config: &Config,
+    id: &TenantId,
+) -> Result<Vec<TenantMigrations>, ProvisionError> {
+    let registry = admin_connect(config, &config.backend.registry_database).await?;
+    let known = registry
+        .query_opt(
+            "SELECT 1 FROM commons.tenants WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading tenant {id}")))?;
+    if known.is_none() {
+        return Err(ProvisionError::UnknownTenant(id.to_string()));
+    }
+    let rows = registry
+        .query(
+            "SELECT database, version,
+                    to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')
+             FROM commons.schema_migrations
+             WHERE tenant_id = $1 ORDER BY database, version COLLATE \"C\"",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db_err(format!("reading migrations of {id}")))?;
+    let mut out = Vec::new();
+    for db in &config.backend.databases {
+        let applied: Vec<AppliedMigration> = rows
+            .iter()
+            .filter(|r| r.get::<_, &str>(0) == db)
+            .map(|r| AppliedMigration {
+                version: r.get(1),
+                applied_at: r.get(2),
+            })
+            .collect();
+        let pending = load_migrations(config, db)?
+            .into_iter()
+            .map(|m| m.version)
+            .filter(|v| !applied.iter().any(|a| &a.version == v))
+            .collect();
+        out.push(TenantMigrations {
+            database: db.clone(),
+            applied,
+            pending,
         });
     }
     Ok(out)

@@ -28,11 +28,14 @@ pub use cluster::{server_binaries_available, ClusterOptions, LocalCluster};
 pub use drift::{drift, Difference, TenantDrift};
 pub use init::init;
 pub use lifecycle::{
-    drop_tenant, list_tenants, resume_tenant, show_tenant, suspend_tenant, TenantDetails,
-    TenantSummary,
+    drop_tenant, list_tenants, resume_tenant, show_tenant, suspend_tenant, suspend_tenant_now,
+    TenantDetails, TenantSummary,
 };
 pub use migrate::{migrate, MigrateEvent, MigrateOptions, TargetOutcome};
-pub use migrate_status::{migration_status, DatabaseStatus, VersionCount};
+pub use migrate_status::{
+    migration_status, tenant_migrations, AppliedMigration, DatabaseStatus, TenantMigrations,
+    VersionCount,
+};
 pub use quickstart::prepare;
 pub use restore::restore_tenant;
 pub use tenant::{add_user, create_tenant};

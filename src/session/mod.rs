@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod clients;
 mod direct;
 mod events;
+pub mod evict;
 pub mod expect;
 mod pooled;
 pub mod relay;
@@ -200,9 +201,8 @@ struct Ready {
     backend: PooledBackend,
     key: (i32, i32),
     tenant: TenantId,
-    /// The pool it draws from, and the tenant's limits for it.
+    /// The pool it draws from (its limits are read again at each checkout).
     pool_key: PoolKey,
-    pool_limits: PoolLimits,
     /// Its settings: startup ones plus every reported parameter's value.
     settings: Vec<(String, String)>,
     /// When its backend goes back to the pool.
@@ -356,7 +356,7 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
     };
     tokio::select! {
         ending = served => ending,
-        () = kill.cancelled() => Ending::Closed("killed from the admin console"),
+        () = kill.cancelled() => Ending::Closed("closed by KILL, or its tenant was dropped or suspended --now"),
     }
 }
 
@@ -675,7 +675,6 @@ async fn attach(
         key: cancel_key,
         tenant: resolved.tenant,
         pool_key: key,
-        pool_limits: limits,
         settings,
         mode,
     })

@@ -42,7 +42,6 @@ pub(super) async fn serve(
         key,
         tenant,
         pool_key,
-        pool_limits,
         settings: client_settings,
         ..
     } = *ready;
@@ -101,6 +100,20 @@ pub(super) async fn serve(
             }
             continue;
         }
+        // The tenant's settings as the registry says now, so a changed
+        // pool_size applies to connected clients too.
+        let pool_limits = match ctx.registry.tenant(tenant.as_str()) {
+            Some(info) if !info.must_disconnect() => PoolLimits {
+                size: info.pool_size,
+                statement_timeout: info.statement_timeout,
+            },
+            _ => {
+                break Err(fatal(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    &format!("tenant \"{tenant}\" is not available"),
+                ))
+            }
+        };
         let turn = Turn {
             ctx,
             config: &config,

@@ -9,4 +9,4 @@ pub mod resolve;
 pub use resolve::{resolve, ResolveError, Resolved};
 pub mod registry;
 
-pub use registry::{Registry, RegistryError, TenantInfo, TenantStatus, UserRecord};
+pub use registry::{Registry, RegistryError, Reloaded, TenantInfo, TenantStatus, UserRecord};

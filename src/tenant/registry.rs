@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use futures_util::{stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -67,6 +67,29 @@ pub struct TenantInfo {
     pub max_clients: Option<usize>,
     /// `shared` or `dedicated`.
     pub tier: String,
+    /// Suspended with `--now`: its connections are closed, not only refused.
+    pub disconnect_clients: bool,
+}
+
+impl TenantInfo {
+    /// Whether connections of this tenant that are already open must close:
+    /// it is being dropped, or suspended with `--now`.
+    pub fn must_disconnect(&self) -> bool {
+        match self.status {
+            TenantStatus::Dropping => true,
+            TenantStatus::Suspended => self.disconnect_clients,
+            TenantStatus::Provisioning | TenantStatus::Active => false,
+        }
+    }
+}
+
+/// Which tenants the cache just reloaded (announced after the cache changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// These ids (each changed, appeared or disappeared).
+    Tenants(Arc<[String]>),
+    /// Every tenant (at start, after a reconnect, or after many changes).
+    All,
 }
 
 /// A tenant user's stored credentials.
@@ -96,10 +119,18 @@ pub struct Registry {
     client: RwLock<Option<Arc<Client>>>,
     /// When the last NOTIFY arrived, for `/metrics`.
     last_notify: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Announces each reload, for whoever acts on tenant changes.
+    reloaded: broadcast::Sender<Reloaded>,
 }
 
+/// Reload announcements kept for a slow listener before it is told it lagged.
+const RELOADED_BACKLOG: usize = 256;
+
+/// Read `FROM commons.tenants t`. `disconnect_clients` is read through
+/// `to_jsonb` so a registry that `pgtenant init` has not upgraded yet still loads.
 const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size'), (config->>'pool_mode'), \
-     (config->>'statement_timeout'), (config->>'max_clients'), tier::text";
+     (config->>'statement_timeout'), (config->>'max_clients'), tier::text, \
+     (to_jsonb(t)->>'disconnect_clients')";
 
 impl Registry {
     /// Connects, loads every tenant, and keeps the cache current until
@@ -112,6 +143,7 @@ impl Registry {
             tenants: DashMap::new(),
             client: RwLock::new(None),
             last_notify: std::sync::Mutex::new(None),
+            reloaded: broadcast::channel(RELOADED_BACKLOG).0,
         });
         let pg = pg_config(backend);
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
@@ -124,9 +156,36 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Announcements of every reload from now on. A receiver that lags
+    /// behind gets `RecvError::Lagged` and should treat it as [`Reloaded::All`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Reloaded> {
+        self.reloaded.subscribe()
+    }
+
     /// The tenant with this id, if registered.
     pub fn tenant(&self, id: &str) -> Option<TenantInfo> {
         self.tenants.get(id).map(|t| t.clone())
+    }
+
+    /// Waits until `check` holds for tenant `id`'s cache entry (`None`: not
+    /// registered), or `limit` passes; returns whether it held. For commands
+    /// that change the registry and answer once this process has heard.
+    pub async fn wait_for(
+        &self,
+        id: &TenantId,
+        limit: Duration,
+        check: impl Fn(Option<&TenantInfo>) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if check(self.tenant(id.as_str()).as_ref()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Every tenant in the cache, in id order.
@@ -328,7 +387,7 @@ impl Registry {
         let client = self.client()?;
         let rows = client
             .query(
-                &format!("SELECT {TENANT_COLUMNS} FROM commons.tenants"),
+                &format!("SELECT {TENANT_COLUMNS} FROM commons.tenants t"),
                 &[],
             )
             .await?;
@@ -338,6 +397,8 @@ impl Registry {
         for t in fresh {
             self.tenants.insert(t.id.as_str().to_string(), t);
         }
+        // Nobody listening is fine.
+        let _ = self.reloaded.send(Reloaded::All);
         Ok(())
     }
 
@@ -345,7 +406,7 @@ impl Registry {
         let client = self.client()?;
         let rows = client
             .query(
-                &format!("SELECT {TENANT_COLUMNS} FROM commons.tenants WHERE id = ANY($1)"),
+                &format!("SELECT {TENANT_COLUMNS} FROM commons.tenants t WHERE id = ANY($1)"),
                 &[&ids],
             )
             .await?;
@@ -358,6 +419,7 @@ impl Registry {
         for t in fresh {
             self.tenants.insert(t.id.as_str().to_string(), t);
         }
+        let _ = self.reloaded.send(Reloaded::Tenants(ids.into()));
         Ok(())
     }
 }
@@ -393,6 +455,7 @@ fn tenant_from_row(row: &tokio_postgres::Row) -> Option<TenantInfo> {
         statement_timeout,
         max_clients,
         tier: row.get::<_, Option<String>>(6).unwrap_or_default(),
+        disconnect_clients: row.get::<_, Option<&str>>(7) == Some("true"),
     })
 }
 

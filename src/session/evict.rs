@@ -1,0 +1,96 @@
+//! Closes the connections of tenants that may no longer be served, in every
+//! pgtenant process: each one watches its own registry cache (kept by
+//! LISTEN/NOTIFY), so it does not matter which process, CLI or API made the
+//! change.
+//!
+//! A tenant that is `dropping`, gone from the registry, or `suspended` with
+//! `--now` loses its clients at once, whatever they are doing (as the admin
+//! console's KILL: a transaction in progress is rolled back by PostgreSQL
+//! when its server connection closes), and its pools: idle server
+//! connections close now, the others with their clients, so nothing is left
+//! logged in as the tenant's roles. A plain suspend only refuses new
+//! logins, which the login path does. Refusing is not done here.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::Context;
+use crate::tenant::{Reloaded, TenantId};
+
+/// Acts on every registry reload until `shutdown` fires. `changes` must be
+/// subscribed before the first client logs in so no change is missed.
+pub async fn run(
+    ctx: Arc<Context>,
+    mut changes: tokio::sync::broadcast::Receiver<Reloaded>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let reloaded = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = changes.recv() => match r {
+                Ok(r) => r,
+                // Some announcements were missed: look at everything.
+                Err(RecvError::Lagged(_)) => Reloaded::All,
+                Err(RecvError::Closed) => return,
+            },
+        };
+        let only: Option<HashSet<&str>> = match &reloaded {
+            Reloaded::All => None,
+            Reloaded::Tenants(ids) => Some(ids.iter().map(String::as_str).collect()),
+        };
+        evict(&ctx, only.as_ref());
+    }
+}
+
+/// Whether connections of `tenant` may stay open, by the registry cache now.
+fn may_stay(ctx: &Context, tenant: &TenantId) -> bool {
+    ctx.registry
+        .tenant(tenant.as_str())
+        .is_some_and(|t| !t.must_disconnect())
+}
+
+/// Disconnects the clients and closes the pools of every tenant (of those
+/// in `only`, when given) whose connections may not stay; returns the
+/// tenants acted on.
+pub fn evict(ctx: &Context, only: Option<&HashSet<&str>>) -> Vec<TenantId> {
+    let considered = |t: &TenantId| only.is_none_or(|ids| ids.contains(t.as_str()));
+    let mut doomed: Vec<TenantId> = Vec::new();
+    let mut verdict = |t: &TenantId| -> bool {
+        if doomed.contains(t) {
+            return true;
+        }
+        if may_stay(ctx, t) {
+            return false;
+        }
+        doomed.push(t.clone());
+        true
+    };
+    let mut clients = 0;
+    for client in ctx.client_list.all() {
+        let Some(pool) = &client.pool else { continue };
+        if considered(&pool.tenant) && verdict(&pool.tenant) {
+            client.kill.cancel();
+            clients += 1;
+        }
+    }
+    for view in ctx.pools.views() {
+        if considered(&view.key.tenant) {
+            verdict(&view.key.tenant);
+        }
+    }
+    for tenant in &doomed {
+        let servers = ctx.pools.close_tenant(tenant);
+        info!(%tenant, idle_servers = servers, "tenant may not be served: connections closed");
+    }
+    if clients > 0 {
+        info!(
+            clients,
+            "clients of dropped or suspended tenants disconnected"
+        );
+    }
+    doomed
+}
