@@ -76,3 +76,55 @@ $$;
 
 REVOKE ALL ON FUNCTION commons.get_current_tenant() FROM PUBLIC;
 REVOKE ALL ON FUNCTION commons.has_permission(text) FROM PUBLIC;
+
+-- The tenant a tenant role serves: `acme` for tenant_acme_rw and
+-- tenant_acme_ro, NULL for any other role. Keyed on the role the server
+-- connection logged in as, which nothing a client sends can change (unlike
+-- a setting such as app.current_tenant): the key for row-level security.
+CREATE OR REPLACE FUNCTION commons.role_tenant() RETURNS text
+LANGUAGE sql
+STABLE
+SET search_path = pg_catalog
+AS $$
+    SELECT substring(current_user::text FROM '^tenant_([a-z][a-z0-9_]*)_r[ow]$')
+$$;
+
+-- Row-level security on shared tables: every table in `commons` with a
+-- `tenant_id` column gets RLS and the policy `pgtenant_tenant_rows`, so a
+-- tenant role sees and writes only its own rows (other roles but the
+-- owner see none unless given policies of their own). Idempotent; run by
+-- `pgtenant init` and every `tenant create`. Returns how many tables.
+CREATE OR REPLACE FUNCTION commons.apply_tenant_row_security() RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog
+AS $$
+DECLARE
+    t record;
+    n integer := 0;
+BEGIN
+    FOR t IN
+        SELECT c.oid::regclass AS tbl, c.relrowsecurity AS on_already
+          FROM pg_class c
+          JOIN pg_namespace s ON s.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id'
+                             AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE s.nspname = 'commons' AND c.relkind IN ('r', 'p')
+    LOOP
+        IF NOT t.on_already THEN
+            EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.tbl);
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_policy
+                        WHERE polrelid = t.tbl AND polname = 'pgtenant_tenant_rows') THEN
+            EXECUTE format(
+                'CREATE POLICY pgtenant_tenant_rows ON %s
+                     USING (tenant_id::text = commons.role_tenant())
+                     WITH CHECK (tenant_id::text = commons.role_tenant())',
+                t.tbl);
+        END IF;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+SELECT commons.apply_tenant_row_security();

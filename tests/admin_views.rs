@@ -261,3 +261,60 @@ async fn tenant_settings_are_checked_and_applied_live() {
     .unwrap();
     assert_eq!(now, serde_json::json!({"pool_size": 3}));
 }
+
+#[tokio::test]
+async fn shared_tables_with_tenant_id_show_each_tenant_its_own_rows() {
+    let db = "rls_db";
+    let (config, _) = setup(db, &["rl_one"]).await;
+    let admin = common::admin(db).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS commons.notices (tenant_id text NOT NULL, body text);
+             INSERT INTO commons.notices VALUES ('rl_one', 'for one'), ('rl_two', 'for two'),
+                                                ('rl_two', 'also two'), ('other', 'nobody');",
+        )
+        .await
+        .unwrap();
+    // The next tenant creation (or init) puts the policy on the new table.
+    common::tenant(&config, "rl_two").await;
+    let proxy = common::start_proxy(config.clone()).await;
+    let extra = format!("dbname={db}");
+    for (tenant, expected) in [
+        ("rl_one", vec!["for one"]),
+        ("rl_two", vec!["also two", "for two"]),
+    ] {
+        let client = common::connect(&proxy, &format!("alice@{tenant}"), "alice-pw", &extra)
+            .await
+            .unwrap();
+        let rows = client
+            .query("SELECT body FROM commons.notices ORDER BY body", &[])
+            .await
+            .unwrap();
+        let bodies: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(bodies, expected, "{tenant} sees its own rows only");
+        // Neither a setting nor a role change reaches other rows.
+        client
+            .batch_execute("SET app.current_tenant = 'other'")
+            .await
+            .unwrap();
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM commons.notices", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n as usize, expected.len());
+        let err = client
+            .batch_execute("SET ROLE tenant_rl_one_rw")
+            .await
+            .err();
+        if tenant == "rl_two" {
+            assert_eq!(common::sqlstate(&err.expect("refused")), "42501");
+        }
+    }
+    let all: i64 = admin
+        .query_one("SELECT count(*) FROM commons.notices", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(all, 4, "the owner (admin) sees every row");
+}
