@@ -307,6 +307,21 @@ impl Pool {
         self.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Closes every idle connection of this pool and passes their slots
+    /// on; returns how many.
+    pub fn close_idle(&self) -> usize {
+        let idle = {
+            let mut st = lock(&self.state);
+            let idle = std::mem::take(&mut st.idle);
+            st.open -= idle.len();
+            idle
+        };
+        for _ in &idle {
+            self.budget.hand_on();
+        }
+        idle.len()
+    }
+
     /// Takes one idle connection away from this pool for another, if it has
     /// one and its state is not busy right now.
     pub fn donate_idle(&self) -> bool {

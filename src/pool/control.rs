@@ -200,16 +200,7 @@ impl super::Pools {
     pub fn close_idle(&self, database: Option<&str>) -> usize {
         let mut closed = 0;
         for pool in self.pools_of(database) {
-            let idle = {
-                let mut st = super::budget::lock(&pool.state);
-                let idle = std::mem::take(&mut st.idle);
-                st.open -= idle.len();
-                idle
-            };
-            for _ in &idle {
-                pool.budget.hand_on();
-            }
-            closed += idle.len();
+            closed += pool.close_idle();
         }
         closed
     }
@@ -238,16 +229,7 @@ impl super::Pools {
         for pool in pools {
             self.pools.remove(&pool.key);
             pool.generation.fetch_add(1, Relaxed);
-            let idle = {
-                let mut st = super::budget::lock(&pool.state);
-                let idle = std::mem::take(&mut st.idle);
-                st.open -= idle.len();
-                idle
-            };
-            for _ in &idle {
-                pool.budget.hand_on();
-            }
-            closed += idle.len();
+            closed += pool.close_idle();
         }
         closed
     }
