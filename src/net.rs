@@ -161,6 +161,17 @@ impl Stream {
         }
     }
 
+    /// Waits until a plain socket has something to read (or is closed),
+    /// without a buffer, so an idle client holds none. TLS streams return
+    /// at once: rustls may already hold decrypted bytes.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.readable().await,
+            Stream::Unix(s) => s.readable().await,
+            Stream::Tls(_) | Stream::TlsClient(_) => Ok(()),
+        }
+    }
+
     /// Sets TCP_NODELAY on TCP sockets; the relay writes whole messages and
     /// must not wait for Nagle.
     pub fn set_nodelay(&self) -> io::Result<()> {

@@ -12,6 +12,8 @@ pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The size it was made with, and allocates again after [`FrameReader::release`].
+    base: usize,
 }
 
 impl std::fmt::Debug for FrameReader {
@@ -32,6 +34,7 @@ impl FrameReader {
             buf: vec![0; capacity],
             start: 0,
             end: 0,
+            base: capacity,
         }
     }
 
@@ -40,6 +43,16 @@ impl FrameReader {
     pub fn shrink_to(&mut self, capacity: usize) {
         if self.start == self.end && self.buf.len() > capacity {
             self.buf = vec![0; capacity];
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Frees the buffer when nothing is buffered; the next read allocates
+    /// it again. For clients that sit idle between transactions.
+    pub fn release(&mut self) {
+        if self.start == self.end {
+            self.buf = Vec::new();
             self.start = 0;
             self.end = 0;
         }
@@ -76,7 +89,7 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
                 if self.buf.len() < n {
-                    self.buf.resize(n, 0);
+                    self.buf.resize(n.max(self.base), 0);
                 }
             }
             let read = rx.read(&mut self.buf[self.end..]).await?;
@@ -114,5 +127,21 @@ mod tests {
         r.consume(97);
         assert!(r.buffered().is_empty());
         assert!(!r.ensure(&mut rx, 5).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_released_reader_reads_into_a_fresh_buffer() {
+        let data: Vec<u8> = (0..50u8).collect();
+        let mut rx: &[u8] = &data;
+        let mut r = FrameReader::new(16);
+        r.release();
+        assert_eq!(format!("{r:?}"), "FrameReader { capacity: 0, buffered: 0 }");
+        assert!(r.ensure(&mut rx, 5).await.unwrap());
+        assert_eq!(r.buffered()[..5], [0, 1, 2, 3, 4]);
+        // It came back at its own size, not just the 5 bytes asked for.
+        assert_eq!(r.buffered().len(), 16);
+        // Bytes still buffered are never given up.
+        r.release();
+        assert_eq!(r.buffered().len(), 16);
     }
 }

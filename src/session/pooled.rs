@@ -62,9 +62,18 @@ pub(super) async fn serve(
     let outcome: Outcome = loop {
         // Between transactions: no server connection is held.
         let next = async {
+            let wait = async {
+                // An idle plain client holds no read buffer: wait for bytes
+                // first, then read them into a fresh one.
+                if creader.buffered().is_empty() {
+                    creader.release();
+                    client.readable().await?;
+                }
+                creader.ensure(&mut client, 5).await
+            };
             match client_idle_timeout {
-                Some(limit) => tokio::time::timeout(limit, creader.ensure(&mut client, 5)).await,
-                None => Ok(creader.ensure(&mut client, 5).await),
+                Some(limit) => tokio::time::timeout(limit, wait).await,
+                None => Ok(wait.await),
             }
         };
         let got = tokio::select! {
