@@ -272,11 +272,11 @@ mod tests {
     #[test]
     fn registrations_leave_the_list_when_dropped() {
         let c = Controls::default();
-        let key = PoolKey {
-            tenant: crate::tenant::TenantId::parse("acme").unwrap(),
-            database: "crm_db".into(),
-            access: crate::tenant::AccessLevel::ReadWrite,
-        };
+        let key = PoolKey::for_tenant(
+            crate::tenant::TenantId::parse("acme").unwrap(),
+            "crm_db".into(),
+            crate::tenant::AccessLevel::ReadWrite,
+        );
         let info = ServerInfo {
             pool: key,
             pid: 7,

@@ -114,7 +114,7 @@ pub(super) async fn serve(
         let gate = TenantGate {
             registry: &ctx.registry,
             pools: &ctx.pools,
-            tenant: &tenant,
+            tenant: tenant.as_ref(),
             admin: &config.backend.admin_user,
             own_pid: backend_key.0,
         };
