@@ -371,6 +371,10 @@ pub struct BackendConfig {
     pub tenant_role_secret: String,
     /// Schemas after the tenant's own in every backend's `search_path`. Default `commons`, `public`.
     pub search_path_tail: Vec<String>,
+    /// Passthrough mode only: the server database a served database stands
+    /// for, when the names differ (PgBouncer's `dbname=`), e.g.
+    /// `{ bardb = "bazdb" }`. Keys are `databases` entries. Default empty.
+    pub server_databases: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for BackendConfig {
@@ -385,6 +389,7 @@ impl Default for BackendConfig {
             databases: vec!["crm_db".into(), "product_db".into()],
             tenant_role_secret: "pgtenant-demo-secret".into(),
             search_path_tail: vec!["commons".into(), "public".into()],
+            server_databases: Default::default(),
         }
     }
 }
@@ -437,10 +442,27 @@ pub enum TenantSource {
     Sni,
 }
 
+/// Whether pgtenant's tenant features are on (`tenants.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantMode {
+    /// Every client names a tenant; server connections log in as the
+    /// tenant's role with its `search_path` and `app.current_tenant`.
+    Tenant,
+    /// Tenant features off, as PgBouncer: no registry, no tenant resolution;
+    /// a client's `user` and `database` are used as they are, pools are
+    /// (database, user) pairs, and server connections log in as the
+    /// client's user with its `auth_file` secret.
+    Passthrough,
+}
+
 /// `[tenants]`: tenant resolution and registry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantsConfig {
+    /// `tenant` (default) or `passthrough`. Serving a `pgbouncer.ini` makes
+    /// it `passthrough` unless the TOML sets it. Takes effect at start only.
+    pub mode: TenantMode,
     /// Sources in the order they are consulted. Default `user`, `options`, `database`.
     pub sources: Vec<TenantSource>,
     /// Characters that split `name<sep>tenant` in the user name, at the last one found. Default `@` and `.`.
@@ -452,9 +474,17 @@ pub struct TenantsConfig {
     pub sni_suffix: String,
 }
 
+impl TenantsConfig {
+    /// True when tenant features are off (`mode = "passthrough"`).
+    pub fn passthrough(&self) -> bool {
+        self.mode == TenantMode::Passthrough
+    }
+}
+
 impl Default for TenantsConfig {
     fn default() -> Self {
         Self {
+            mode: TenantMode::Tenant,
             sources: vec![
                 TenantSource::User,
                 TenantSource::Options,
@@ -706,6 +736,26 @@ impl Config {
                 ));
             }
         }
+        for (db, server) in &self.backend.server_databases {
+            if !self.tenants.passthrough() {
+                return Err(invalid(
+                    "backend.server_databases",
+                    "only for tenants.mode = \"passthrough\"".into(),
+                ));
+            }
+            if !self.backend.databases.contains(db) {
+                return Err(invalid(
+                    "backend.server_databases",
+                    format!("{db:?} is not one of backend.databases"),
+                ));
+            }
+            if server.is_empty() || server.contains('\0') {
+                return Err(invalid(
+                    "backend.server_databases",
+                    format!("{db:?}: the server database name must not be empty"),
+                ));
+            }
+        }
         if self.backend.databases.is_empty() {
             return Err(invalid(
                 "backend.databases",
@@ -751,7 +801,7 @@ impl Config {
                 "name at least one source".into(),
             ));
         }
-        if self.tenants.sources.contains(&TenantSource::Sni) {
+        if !self.tenants.passthrough() && self.tenants.sources.contains(&TenantSource::Sni) {
             if self.tenants.sni_suffix.is_empty() {
                 return Err(invalid(
                     "tenants.sni_suffix",

@@ -10,6 +10,7 @@
 //! histograms from raw samples, so they are written here, in the same text
 //! format. Histograms never carry the tenant label.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -18,10 +19,9 @@ use metrics::{Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 use crate::config::TenantLabel;
-use crate::pool::PoolView;
+use crate::pool::{PoolKey, PoolOwner, PoolView};
 use crate::session::Context;
 use crate::stats::{HistogramSnapshot, Latencies, StatsSnapshot, LATENCY_BUCKETS_US};
-use crate::tenant::AccessLevel;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -109,10 +109,11 @@ const HISTOGRAMS: [(&str, &str); 3] = [
 ];
 
 /// The `user` label of a pool: its tenant role's access level.
-fn user_label(access: AccessLevel) -> &'static str {
-    match access {
-        AccessLevel::ReadWrite => "rw",
-        AccessLevel::ReadOnly => "ro",
+fn user_label(key: &PoolKey) -> Cow<'static, str> {
+    match &key.owner {
+        PoolOwner::Tenant { access, .. } => Cow::Borrowed(access.suffix()),
+        // Passthrough: the pool's user, as PgBouncer exporters label it.
+        PoolOwner::User(user) => Cow::Owned(user.clone()),
     }
 }
 
@@ -169,7 +170,7 @@ impl PoolSums {
 }
 
 /// (tenant label, database, user) of a pool series.
-type PoolLabels = (Option<String>, String, &'static str);
+type PoolLabels = (Option<String>, String, Cow<'static, str>);
 
 /// Builds series into a recorder made for one scrape.
 struct Series {
@@ -211,7 +212,7 @@ fn pool_labels((tenant, database, user): &PoolLabels) -> Vec<Label> {
         labels.push(Label::new("tenant", t.clone()));
     }
     labels.push(Label::new("database", database.clone()));
-    labels.push(Label::new("user", *user));
+    labels.push(Label::new("user", user.to_string()));
     labels
 }
 
@@ -236,9 +237,9 @@ pub fn render(ctx: &Context) -> String {
 
     let mut queries: HashMap<String, u64> = HashMap::new();
     for v in &views {
-        *queries
-            .entry(v.key.tenant.as_str().to_string())
-            .or_default() += v.stats.query_count;
+        if let Some(tenant) = v.key.tenant() {
+            *queries.entry(tenant.as_str().to_string()).or_default() += v.stats.query_count;
+        }
     }
     for (tenant, _) in &tenant_clients {
         queries.entry(tenant.clone()).or_default();
@@ -250,15 +251,15 @@ pub fn render(ctx: &Context) -> String {
     );
 
     let mut pools: BTreeMap<PoolLabels, PoolSums> = BTreeMap::new();
-    let mut latencies: BTreeMap<(String, &'static str), Latencies> = BTreeMap::new();
+    let mut latencies: BTreeMap<(String, Cow<'static, str>), Latencies> = BTreeMap::new();
     // Per tenant label: clients waiting.
     let mut waiting: BTreeMap<Option<String>, usize> = BTreeMap::new();
     for v in &views {
-        let tenant = labels.of(v.key.tenant.as_str());
-        let user = user_label(v.key.access);
+        let tenant = v.key.tenant().and_then(|t| labels.of(t.as_str()));
+        let user = user_label(&v.key);
         *waiting.entry(tenant.clone()).or_default() += v.waiting;
         pools
-            .entry((tenant, v.key.database.clone(), user))
+            .entry((tenant, v.key.database.clone(), user.clone()))
             .or_default()
             .add(v);
         latencies
@@ -289,7 +290,7 @@ pub fn render(ctx: &Context) -> String {
                     labels.push(("tenant", t.as_str()));
                 }
                 labels.push(("database", database.as_str()));
-                labels.push(("user", *user));
+                labels.push(("user", user.as_ref()));
                 let us = match i {
                     0 => s.stats.query_time_us,
                     1 => s.stats.xact_time_us,
@@ -309,7 +310,10 @@ pub fn render(ctx: &Context) -> String {
                     1 => &l.xact,
                     _ => &l.wait,
                 };
-                (vec![("database", database.as_str()), ("user", *user)], h)
+                (
+                    vec![("database", database.as_str()), ("user", user.as_ref())],
+                    h,
+                )
             })
             .collect();
         write_histogram(&mut out, name, help, &rows);
@@ -404,7 +408,7 @@ fn pool_series(series: &Series, key: &PoolLabels, s: &PoolSums) {
     );
 }
 
-/// Process-wide series: the server budget, errors, the registry.
+/// Process-wide series: the server budget, errors, the registry (tenant mode).
 fn process_series(series: &Series, ctx: &Context, limit: usize) {
     series.gauge(
         "pgtenant_server_connections",
@@ -427,6 +431,10 @@ fn process_series(series: &Series, ctx: &Context, limit: usize) {
         vec![],
         ctx.errors.auth_failures(),
     );
+    if ctx.config().tenants.passthrough() {
+        // No registry in passthrough mode.
+        return;
+    }
     series.gauge(
         "pgtenant_registry_tenants",
         vec![],

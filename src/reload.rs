@@ -4,7 +4,7 @@
 //! Live: pool sizes, timeouts and modes, the global server budget,
 //! `max_client_conn`, tenant resolution, the auth file, TLS certificate
 //! files, the metrics tenant label. Needing a restart (reported, old value
-//! kept): listen addresses (the HTTP one too), the backend cluster and its
+//! kept): listen addresses (the HTTP one too), `tenants.mode`, the backend cluster and its
 //! admin role, TLS modes.
 
 use std::collections::HashMap;
@@ -69,6 +69,11 @@ pub fn apply(ctx: &Context, mut new: Config) -> Result<Vec<String>, ReloadError>
     if new.http.listen_addr != old.http.listen_addr {
         restart.push("http.listen_addr".to_string());
         new.http.listen_addr = old.http.listen_addr.clone();
+    }
+    if new.tenants.mode != old.tenants.mode {
+        // Passthrough started without the registry; tenant mode needs it.
+        restart.push("tenants.mode".to_string());
+        new.tenants.mode = old.tenants.mode;
     }
     if new.backend != old.backend {
         restart.push("backend".to_string());

@@ -59,14 +59,20 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Loads the registry, binds the listeners and starts accepting clients.
+    /// Loads the registry (not in passthrough mode), binds the listeners and
+    /// starts accepting clients.
     pub async fn start(config: Config) -> Result<Proxy, ServeError> {
         // Certificates first: a bad file should stop the start before anything connects.
         let client_tls = ClientTls::load(&config.tls)?.map(Arc::new);
         let server_tls = ServerTls::load(&config.tls)?.map(Arc::new);
         let shutdown = CancellationToken::new();
         let registry_stop = CancellationToken::new();
-        let registry = Registry::start(&config.backend, registry_stop.clone()).await?;
+        // Passthrough serves no tenants: no registry database is needed.
+        let registry = if config.tenants.passthrough() {
+            Registry::offline()
+        } else {
+            Registry::start(&config.backend, registry_stop.clone()).await?
+        };
         let evictions = registry.subscribe();
         let auth_file = crate::reload::load_auth_file(&config.auth.auth_file)?;
         let server_key =
@@ -161,7 +167,12 @@ impl Proxy {
             Arc::clone(&context),
             shutdown.clone(),
         ));
-        info!(%addr, tenants = context.registry.len(), "pgtenant is accepting clients");
+        let mode = if context.config().tenants.passthrough() {
+            "passthrough"
+        } else {
+            "tenant"
+        };
+        info!(%addr, mode, tenants = context.registry.len(), "pgtenant is accepting clients");
         Ok(Proxy {
             addr,
             http_addr,

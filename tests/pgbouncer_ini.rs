@@ -3,7 +3,9 @@
 //! test PostgreSQL, converted with `pgtenant config convert`, and served
 //! both in-process and by `pgtenant serve --pgbouncer-ini`, with a real
 //! client showing that the ini's listener, pool mode and auth file are in
-//! force. Clients still name a tenant (`user@tenant`).
+//! force. The TOML here keeps tenant features on (`tenants.mode =
+//! "tenant"`), so clients name a tenant (`user@tenant`); passthrough, the
+//! default for an ini, is `tests/passthrough.rs`'s.
 
 mod common;
 
@@ -34,8 +36,8 @@ impl Files {
     }
 }
 
-/// Writes pgtenant.toml (the tenant side: admin role, role secret,
-/// migrations), pgbouncer.ini + pgbouncer-local.ini and userlist.txt with
+/// Writes pgtenant.toml (the tenant side: tenant mode, admin role, role
+/// secret, migrations), pgbouncer.ini + pgbouncer-local.ini and userlist.txt with
 /// user `bob@<tenant>`.
 fn write_files(tenant: &str) -> Files {
     let b = backend();
@@ -48,6 +50,7 @@ fn write_files(tenant: &str) -> Files {
         format!(
             "[backend]\nadmin_user = {}\nadmin_password = {}\ntenant_role_secret = \"test-secret\"\n\
              [provision]\nmigrations_dir = {}\n\
+             [tenants]\nmode = \"tenant\"\n\
              [pool]\nquery_wait_timeout = 10\n[http]\nlisten_addr = \"\"\n",
             quote(&b.user),
             quote(&b.password),

@@ -13,7 +13,7 @@ fn view_of(proxy: &Proxy, tenant: &str) -> PoolView {
     let views = proxy.context().pools.views();
     let mut mine: Vec<_> = views
         .into_iter()
-        .filter(|v| v.key.tenant.as_str() == tenant)
+        .filter(|v| v.key.tenant().is_some_and(|t| t.as_str() == tenant))
         .collect();
     assert_eq!(mine.len(), 1, "one pool for {tenant}");
     mine.remove(0)

@@ -137,7 +137,7 @@ async fn a_client_waiting_past_reserve_pool_timeout_gets_a_reserve_connection() 
             .pools
             .views()
             .into_iter()
-            .find(|v| v.key.tenant.as_str() == "to_reserve")
+            .find(|v| v.key.tenant().is_some_and(|t| t.as_str() == "to_reserve"))
             .map(|v| v.open)
     };
     // Released with nobody waiting, the reserve connection closes again.

@@ -48,7 +48,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
     for c in all {
         let (addr, port) = split_peer(&c.peer);
         let user = match &c.pool {
-            Some(pool) => pool.tenant.role(pool.access),
+            Some(pool) => pool.user(),
             None => c.user.clone(),
         };
         let state = c.state();
@@ -103,7 +103,7 @@ pub fn servers(ctx: &Context) -> ResultSet {
         let connected = timestamp(s.connected);
         rs.push(vec![
             text("S"),
-            text(s.pool.tenant.role(s.pool.access)),
+            text(s.pool.user()),
             text(&s.pool.database),
             text(state),
             text(&s.host),

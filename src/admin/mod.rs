@@ -190,6 +190,16 @@ async fn execute(ctx: &Context, user: &ConsoleUser, sql: &str) -> Result<Reply, 
         ));
     }
     debug!(user = %user.name, ?command, "console command");
+    let about_tenants = matches!(
+        command,
+        Command::Show(Show::Tenants) | Command::SuspendTenant { .. } | Command::ResumeTenant(_)
+    );
+    if about_tenants && ctx.config().tenants.passthrough() {
+        return Err(AdminError::new(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "tenant features are off (tenants.mode = \"passthrough\")",
+        ));
+    }
     Ok(match command {
         Command::Show(what) => Reply::Rows(show(ctx, what)),
         Command::Pause(db) => Reply::Done(control::pause(ctx, db.as_deref()).await?),

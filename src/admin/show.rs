@@ -57,8 +57,8 @@ fn console_clients(ctx: &Context) -> u64 {
 /// The pool mode a pool's clients get.
 pub fn pool_mode(ctx: &Context, key: &PoolKey) -> PoolMode {
     let config = ctx.config();
-    ctx.registry
-        .tenant(key.tenant.as_str())
+    key.tenant()
+        .and_then(|id| ctx.registry.tenant(id.as_str()))
         .and_then(|t| t.pool_mode)
         .or_else(|| config.pool.database_pool_modes.get(&key.database).copied())
         .unwrap_or(config.pool.pool_mode)
@@ -101,18 +101,7 @@ pub fn pools(ctx: &Context) -> ResultSet {
         *registered.entry(s.pool).or_default() += 1;
     }
     let mut views = ctx.pools.views();
-    views.sort_by(|a, b| {
-        (
-            &a.key.database,
-            a.key.tenant.as_str(),
-            a.key.access.suffix(),
-        )
-            .cmp(&(
-                &b.key.database,
-                b.key.tenant.as_str(),
-                b.key.access.suffix(),
-            ))
-    });
+    views.sort_by_cached_key(|v| (v.key.database.clone(), v.key.user()));
     for v in views {
         let c = clients.get(&v.key).copied().unwrap_or_default();
         let logged_in = registered.get(&v.key).copied().unwrap_or(0) as usize;
@@ -120,7 +109,7 @@ pub fn pools(ctx: &Context) -> ResultSet {
         let login = v.open.saturating_sub(logged_in.max(v.idle));
         rs.push(vec![
             text(&v.key.database),
-            text(v.key.tenant.role(v.key.access)),
+            text(v.key.user()),
             int4(c.active),
             int4(c.waiting),
             int4(0),
@@ -234,11 +223,12 @@ fn users(ctx: &Context) -> BTreeMap<String, Option<PoolMode>> {
         users.insert(name.clone(), None);
     }
     for v in ctx.pools.views() {
-        let mode = ctx
-            .registry
-            .tenant(v.key.tenant.as_str())
+        let mode = v
+            .key
+            .tenant()
+            .and_then(|id| ctx.registry.tenant(id.as_str()))
             .and_then(|t| t.pool_mode);
-        users.insert(v.key.tenant.role(v.key.access), mode);
+        users.insert(v.key.user(), mode);
     }
     users
 }
@@ -341,17 +331,22 @@ pub fn tenants(ctx: &Context) -> ResultSet {
     ]);
     let mut per: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     for (key, c) in clients_per_pool(ctx) {
-        let e = per.entry(key.tenant.as_str().to_string()).or_default();
+        let Some(tenant) = key.tenant() else { continue };
+        let e = per.entry(tenant.as_str().to_string()).or_default();
         e.0 += c.active + c.waiting;
         e.2 += c.waiting;
     }
     for v in ctx.pools.views() {
-        per.entry(v.key.tenant.as_str().to_string()).or_default().1 += v.open as u64;
+        if let Some(tenant) = v.key.tenant() {
+            per.entry(tenant.as_str().to_string()).or_default().1 += v.open as u64;
+        }
     }
     let (deltas, secs) = ctx.stats_history.last_period();
     let mut queries: HashMap<String, u64> = HashMap::new();
     for (key, d) in deltas {
-        *queries.entry(key.tenant.as_str().to_string()).or_default() += d.query_count;
+        if let Some(tenant) = key.tenant() {
+            *queries.entry(tenant.as_str().to_string()).or_default() += d.query_count;
+        }
     }
     let known: BTreeSet<String> = ctx
         .registry

@@ -1,15 +1,19 @@
 //! Client authentication: the exchange with the client (SCRAM-SHA-256, md5,
 //! trust) against a stored secret, plus the secret formats and the
-//! PgBouncer-style `auth_file`. Where secrets come from is the session's
-//! business; backend login is `pool::backend`'s.
+//! PgBouncer-style `auth_file`, and what a server login needs from them
+//! ([`Credential`], SCRAM with a proved ClientKey in `scram_client`).
+//! Where secrets come from is the session's business; the server login
+//! exchange itself is `pool::backend`'s.
 //!
 //! An unknown user goes through the same exchange as a known one, against a
 //! mock secret derived from the proxy's key, and fails only at its end with
 //! the same error, so a client cannot probe which users exist.
 
 pub mod auth_file;
+pub mod credential;
 pub mod md5;
 pub mod scram;
+pub mod scram_client;
 pub mod secret;
 
 use bytes::BytesMut;
@@ -20,7 +24,8 @@ use crate::protocol::framing::{read_message, take_cstr, take_i32, ProtocolError}
 use crate::protocol::{messages, tag, SqlState};
 
 pub use auth_file::AuthFileError;
-pub use scram::{ScramError, ScramServer};
+pub use credential::{Credential, CredentialError};
+pub use scram::{ClientKey, ScramError, ScramServer};
 pub use secret::{ScramVerifier, Secret, SecretError};
 
 /// Largest password or SASL message accepted from a client.
@@ -56,7 +61,8 @@ impl AuthError {
 /// `channel_binding`: the TLS connection's `tls-server-end-point` data, which
 /// makes SCRAM-SHA-256-PLUS offered; `None` on plain connections.
 /// Sends nothing on success: the caller sends AuthenticationOk once the rest
-/// of the login is done.
+/// of the login is done. Returns the SCRAM ClientKey the client proved, when
+/// it went through SCRAM (for SCRAM pass-through to the server).
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     method: AuthMethod,
@@ -64,10 +70,10 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     secret: Option<&Secret>,
     server_key: &[u8],
     channel_binding: Option<&[u8]>,
-) -> Result<(), AuthError> {
+) -> Result<Option<ClientKey>, AuthError> {
     let mut buf = BytesMut::with_capacity(256);
     match method {
-        AuthMethod::Trust => Ok(()),
+        AuthMethod::Trust => Ok(None),
         AuthMethod::Md5 => {
             let salt = md5::random_salt();
             messages::auth_md5(&mut buf, salt);
@@ -77,7 +83,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             // Unknown users (and SCRAM-only secrets) compare against a value no client can produce.
             let expected = expected.unwrap_or_else(|| "md5-unknown-user".to_string());
             if md5::verify(&expected, &reply) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(AuthError::Failed(user.to_string()))
             }
@@ -122,7 +128,7 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
             buf.clear();
             messages::auth_sasl_final(&mut buf, &server_final);
             stream.write_all(&buf).await.map_err(ProtocolError::from)?;
-            Ok(())
+            Ok(server.client_key().cloned())
         }
     }
 }

@@ -68,6 +68,21 @@ pub struct ScramServer {
     binding: Option<Vec<u8>>,
     /// Whether the client chose SCRAM-SHA-256-PLUS.
     plus: bool,
+    /// The ClientKey the client proved, once its proof checked out.
+    client_key: Option<ClientKey>,
+}
+
+/// The SCRAM ClientKey a client proved it holds (ClientProof XOR
+/// ClientSignature): with the verifier's salt and iteration count it
+/// answers another server's SCRAM exchange for the same verifier, without
+/// the password. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKey(pub [u8; 32]);
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKey(<redacted>)")
+    }
 }
 
 impl ScramServer {
@@ -83,6 +98,7 @@ impl ScramServer {
             state: State::Initial,
             binding: None,
             plus: false,
+            client_key: None,
         }
     }
 
@@ -265,8 +281,17 @@ impl ScramServer {
         if !(matches & self.known) {
             return Err(ScramError::WrongPassword);
         }
+        self.client_key = Some(ClientKey(client_key));
         let server_signature = hmac_sha256(&self.verifier.server_key, &[auth_message.as_bytes()]);
         Ok(format!("v={}", STANDARD.encode(server_signature)).into_bytes())
+    }
+}
+
+impl ScramServer {
+    /// The ClientKey the client proved, after a successful
+    /// [`ScramServer::client_final`]; `None` before or after a failure.
+    pub fn client_key(&self) -> Option<&ClientKey> {
+        self.client_key.as_ref()
     }
 }
 

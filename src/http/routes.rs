@@ -4,8 +4,8 @@
 //!
 //! Monitoring, open to anyone who reaches the listener:
 //! - `GET /healthz`: 200 while the process runs (for `pgtenant healthcheck`).
-//! - `GET /readyz`: 200 when the registry answers and clients are accepted,
-//!   else 503 with the reason.
+//! - `GET /readyz`: 200 when the registry answers (tenant mode) and clients
+//!   are accepted, else 503 with the reason.
 //! - `GET /metrics`: the Prometheus text format (see `crate::metrics`).
 //!
 //! The admin API (`/tenants...`, handlers in `api`), behind `auth`.
@@ -106,7 +106,8 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> (StatusCode, &'static st
             "not accepting clients: shutting down\n",
         );
     }
-    if !state.ctx.registry.reachable(REGISTRY_CHECK_TIMEOUT).await {
+    let needs_registry = !state.ctx.config().tenants.passthrough();
+    if needs_registry && !state.ctx.registry.reachable(REGISTRY_CHECK_TIMEOUT).await {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the tenant registry is not reachable\n",

@@ -1,6 +1,7 @@
 //! The `[databases]` section → `backend.host` / `backend.port` (one cluster:
 //! every entry must name the same one), `backend.databases` (the entries'
-//! names become pgtenant's service databases) and `pool.database_pool_modes`.
+//! names become the databases pgtenant serves), `backend.server_databases`
+//! (`dbname=` aliases, passthrough mode only) and `pool.database_pool_modes`.
 //! Options pgtenant has no equivalent for are warned about, each by name.
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ struct Target<'a> {
 pub(super) fn map(
     entries: &[&Entry],
     general: &HashMap<String, &Entry>,
+    tenants: bool,
     out: &mut Mapped,
 ) -> Result<Databases, IniError> {
     let entries = last_wins(entries.to_vec(), out, |e| e.key.clone());
@@ -47,6 +49,7 @@ pub(super) fn map(
     let mut cluster: Option<Target> = None;
     let mut names: Vec<(String, &Entry)> = Vec::new();
     let mut modes: Vec<(String, &'static str, &Entry)> = Vec::new();
+    let mut aliases: Vec<(String, String, &Entry)> = Vec::new();
     for e in entries {
         if e.key.eq_ignore_ascii_case("pgbouncer") {
             return Err(value_error(
@@ -81,13 +84,16 @@ pub(super) fn map(
             }
         }
         if let Some(dbname) = option("dbname").filter(|d| !wildcard && *d != &e.key) {
-            return Err(value_error(
-                e,
-                format!(
-                    "dbname={dbname}: pgtenant cannot serve a database under another name; \
-                     clients must ask for the database's own name"
-                ),
-            ));
+            if tenants {
+                return Err(value_error(
+                    e,
+                    format!(
+                        "dbname={dbname}: in tenant mode pgtenant cannot serve a database \
+                         under another name; clients must ask for the database's own name"
+                    ),
+                ));
+            }
+            aliases.push((e.key.clone(), dbname.clone(), e));
         }
         let host = match option("host").map(String::as_str) {
             Some(h) if h.contains(',') => {
@@ -180,6 +186,18 @@ pub(super) fn map(
             key: "database_pool_modes",
             value: Value::Table(table),
             sources: sources_of(modes.iter().map(|(_, _, e)| *e)),
+        });
+    }
+    if !aliases.is_empty() {
+        let table = aliases
+            .iter()
+            .map(|(n, db, _)| (n.clone(), Value::String(db.clone())))
+            .collect();
+        settings.push(Setting {
+            section: "backend",
+            key: "server_databases",
+            value: Value::Table(table),
+            sources: sources_of(aliases.iter().map(|(_, _, e)| *e)),
         });
     }
     Ok(Databases {

@@ -157,8 +157,8 @@ pub fn database_option(key: &str) -> Option<Treatment> {
     Some(match key {
         "dbname" | "host" | "port" | "pool_mode" => Mapped,
         "user" | "password" => Unsupported(
-            "not supported: pgtenant logs in to PostgreSQL as each tenant's own role \
-             (tenant_<id>_rw / _ro), not as a fixed user",
+            "not supported: pgtenant logs in to PostgreSQL as the client's own user \
+             (or, in tenant mode, the tenant's role), not as a fixed user",
         ),
         "auth_user" | "auth_query" | "auth_dbname" => Unsupported(AUTH_QUERY),
         "pool_size" => Unsupported(

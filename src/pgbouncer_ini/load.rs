@@ -1,7 +1,9 @@
 //! The configuration from its files: a TOML file (or the built-in defaults)
 //! and, optionally, a `pgbouncer.ini` laid on top of it. The TOML gives what
 //! the ini cannot say (the tenant registry, the admin role, tenant
-//! resolution); every setting the ini does say replaces the TOML's.
+//! resolution); every setting the ini does say replaces the TOML's. An ini
+//! turns tenant features off (`tenants.mode = "passthrough"`) unless the
+//! TOML sets `tenants.mode` itself.
 //!
 //! [`reload`] reads the files again and swaps the new configuration in only
 //! when all of it is valid, so a broken file leaves the one in force alone.
@@ -88,7 +90,9 @@ pub fn load(sources: &Sources) -> Result<Loaded, LoadError> {
     let mut table: Table = toml::from_str(&text).map_err(parse_error)?;
 
     let ini = parse_file(ini_path)?;
-    let mapped = map(&ini, base.listen.addr)?;
+    // Tenant features stay as the TOML says when it says; else they are off.
+    let tenants = base_mode_set(&table) && !base.tenants.passthrough();
+    let mapped = map(&ini, base.listen.addr, tenants)?;
     for setting in &mapped.settings {
         lay_over(&mut table, setting);
     }
@@ -107,7 +111,7 @@ pub fn load(sources: &Sources) -> Result<Loaded, LoadError> {
 /// to load on its own, and the warnings.
 pub fn convert(ini: &Path) -> Result<(String, Vec<Warning>), LoadError> {
     let defaults = Config::parse("", "built-in defaults")?;
-    let mapped = map(&parse_file(ini)?, defaults.listen.addr)?;
+    let mapped = map(&parse_file(ini)?, defaults.listen.addr, false)?;
     let text = to_toml(&mapped, ini);
     Config::parse(&text, &format!("TOML converted from {}", ini.display()))
         .map_err(|e| attribute(e, &mapped.settings))?;
@@ -138,6 +142,14 @@ pub fn reload(current: &mut Config, sources: &Sources) -> Result<Vec<Warning>, L
     let loaded = load(sources)?;
     *current = loaded.config;
     Ok(loaded.warnings)
+}
+
+/// Whether the TOML sets `tenants.mode` itself.
+fn base_mode_set(table: &Table) -> bool {
+    table
+        .get("tenants")
+        .and_then(Value::as_table)
+        .is_some_and(|t| t.contains_key("mode"))
 }
 
 /// Puts `setting` into the TOML table; a table value (per-database pool

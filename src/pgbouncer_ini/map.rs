@@ -19,7 +19,8 @@ use crate::config::PoolMode;
 /// One pgtenant setting taken from the ini.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Setting {
-    /// TOML section: `listen`, `backend`, `auth`, `pool` or `tls`.
+    /// TOML section: `listen`, `backend`, `auth`, `tenants`, `pool`, `tls`,
+    /// `admin` or `log`.
     pub section: &'static str,
     /// Key within the section.
     pub key: &'static str,
@@ -40,7 +41,7 @@ impl Setting {
 #[derive(Debug, Clone, Default)]
 pub struct Mapped {
     /// Settings, grouped by section in the order `listen`, `backend`,
-    /// `auth`, `pool`, `tls`.
+    /// `auth`, `tenants`, `pool`, `tls`.
     pub settings: Vec<Setting>,
     /// Keys not carried over as they are.
     pub warnings: Vec<Warning>,
@@ -73,8 +74,10 @@ impl Mapped {
 
 /// The pgtenant equivalent of `ini`. `base_listen` is the listen address in
 /// force without the ini: `listen_port` alone keeps its IP, `listen_addr`
-/// alone its port.
-pub fn map(ini: &IniFile, base_listen: SocketAddr) -> Result<Mapped, IniError> {
+/// alone its port. `tenants`: the TOML keeps tenant features on
+/// (`tenants.mode = "tenant"`); otherwise the ini is served in passthrough
+/// mode, as PgBouncer serves it, and the result says so.
+pub fn map(ini: &IniFile, base_listen: SocketAddr, tenants: bool) -> Result<Mapped, IniError> {
     let mut out = Mapped::default();
     let mut general: Vec<&Entry> = Vec::new();
     let mut db_entries: Vec<&Entry> = Vec::new();
@@ -104,7 +107,7 @@ pub fn map(ini: &IniFile, base_listen: SocketAddr) -> Result<Mapped, IniError> {
         .iter()
         .map(|e| (e.key.to_ascii_lowercase(), *e))
         .collect();
-    let db = databases::map(&db_entries, &by_key, &mut out)?;
+    let db = databases::map(&db_entries, &by_key, tenants, &mut out)?;
 
     map_listen(&by_key, base_listen, &ini.path, &mut out)?;
     out.settings.extend(db.settings);
@@ -115,10 +118,13 @@ pub fn map(ini: &IniFile, base_listen: SocketAddr) -> Result<Mapped, IniError> {
             Some(Treatment::Ignored(why) | Treatment::Unsupported(why)) => {
                 out.warn(&e.origin, &e.key, why)
             }
-            Some(Treatment::Mapped) => map_key(&key, e, db.named, &mut out)?,
+            Some(Treatment::Mapped) => map_key(&key, e, db.named, tenants, &mut out)?,
         }
     }
-    let order = ["listen", "backend", "auth", "pool", "tls"];
+    if !tenants {
+        out.settings.push(passthrough_mode(&ini.path));
+    }
+    let order = ["listen", "backend", "auth", "tenants", "pool", "tls"];
     out.settings
         .sort_by_key(|s| order.iter().position(|o| *o == s.section));
     // Warnings in reading order: files as first met, then by line.
@@ -133,6 +139,22 @@ pub fn map(ini: &IniFile, base_listen: SocketAddr) -> Result<Mapped, IniError> {
         (file, w.origin.line)
     });
     Ok(out)
+}
+
+/// `tenants.mode = "passthrough"`: PgBouncer serves no tenants, so neither
+/// does pgtenant serving its file, unless the TOML sets `tenants.mode`
+/// itself (see `load`).
+fn passthrough_mode(top: &Path) -> Setting {
+    let whole = Origin {
+        file: std::sync::Arc::new(top.to_path_buf()),
+        line: 0,
+    };
+    Setting {
+        section: "tenants",
+        key: "mode",
+        value: Value::String("passthrough".into()),
+        sources: vec![(whole, "(PgBouncer serves no tenants)".into())],
+    }
 }
 
 /// Keeps the last entry of each key, warning at each earlier one.
@@ -302,7 +324,13 @@ const SSL_MODES: [&str; 6] = [
 ];
 
 /// A mapped `[pgbouncer]` key other than the listener's.
-fn map_key(key: &str, e: &Entry, databases: usize, out: &mut Mapped) -> Result<(), IniError> {
+fn map_key(
+    key: &str,
+    e: &Entry,
+    databases: usize,
+    tenants: bool,
+    out: &mut Mapped,
+) -> Result<(), IniError> {
     let s = |v: &str| Value::String(v.to_string());
     let keeps =
         |what: &str, key: &str| format!("{what} is not supported; pool.{key} keeps its value");
@@ -332,7 +360,7 @@ fn map_key(key: &str, e: &Entry, databases: usize, out: &mut Mapped) -> Result<(
         "auth_type" => map_auth_type(e, out),
         "auth_file" => {
             let path = beside(e);
-            check_userlist(e, &path, out);
+            check_userlist(e, &path, tenants, out);
             out.set("auth", "auth_file", s(&path), e);
         }
         "pool_mode" => {
@@ -470,10 +498,12 @@ fn map_auth_type(e: &Entry, out: &mut Mapped) {
     out.set("auth", "method", Value::String(method.into()), e);
 }
 
-/// Warns about auth_file entries that name no tenant: pgtenant looks
-/// `user@tenant` up, so a bare `"alice"` line never matches.
-fn check_userlist(e: &Entry, path: &str, out: &mut Mapped) {
+/// Checks that the auth file can be read; in tenant mode also warns about
+/// entries that name no tenant: pgtenant then looks `user@tenant` up, so a
+/// bare `"alice"` line never matches (in passthrough mode it is right).
+fn check_userlist(e: &Entry, path: &str, tenants: bool, out: &mut Mapped) {
     match crate::auth::auth_file::load(Path::new(path)) {
+        Ok(_) if !tenants => {}
         Ok(users) => {
             let mut bare: Vec<&String> = users.keys().filter(|u| !u.contains(['@', '.'])).collect();
             bare.sort();

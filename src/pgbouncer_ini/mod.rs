@@ -10,11 +10,13 @@
 //! - [`load`]: a TOML file with an ini on top, and reload that keeps the old
 //!   configuration when the new one is wrong.
 //!
-//! PgBouncer clients name no tenant; pgtenant still needs one for every
-//! client (its pools log in as tenant roles). So the ini's databases become
-//! pgtenant's service databases and its pooling, limits, timeouts, TLS and
-//! `auth_file` settings apply, while clients keep naming their tenant
-//! (`user@tenant`, ...). A tenant-less passthrough pool is not offered.
+//! PgBouncer clients name no tenant, so an ini is served with tenant
+//! features off (`tenants.mode = "passthrough"`: clients log in as their own
+//! PostgreSQL user, pools are (database, user) pairs) unless the TOML sets
+//! `tenants.mode` itself; with `"tenant"` the ini's databases become
+//! pgtenant's service databases and clients name their tenant
+//! (`user@tenant`, ...). Either way its pooling, limits, timeouts, TLS and
+//! `auth_file` settings apply.
 //!
 //! [`Config`]: crate::config::Config
 

@@ -16,11 +16,11 @@ pub fn to_toml(mapped: &Mapped, ini: &Path) -> String {
     let _ = writeln!(
         out,
         "# pgtenant configuration converted from {}.\n\
-         # Each key names the ini line(s) it came from. pgtenant still needs a tenant\n\
-         # for every client: add the tenant settings ([backend] admin_user,\n\
-         # admin_password, tenant_role_secret, registry_database; [tenants]) before\n\
-         # serving, or serve with --config FILE --pgbouncer-ini {}.",
-        ini.display(),
+         # Each key names the ini line(s) it came from. Tenant features are off\n\
+         # ([tenants] mode = \"passthrough\"): clients log in to PostgreSQL as\n\
+         # their own user, as through PgBouncer. To serve tenants instead, set\n\
+         # mode = \"tenant\" and add the tenant settings ([backend] admin_user,\n\
+         # admin_password, tenant_role_secret, registry_database; [tenants]).",
         ini.display()
     );
     let mut section = "";

@@ -12,13 +12,22 @@ fn base() -> SocketAddr {
 }
 
 fn mapped(text: &str) -> Mapped {
-    map(&parse_text(text, Path::new("p.ini")).unwrap(), base()).unwrap()
+    map(
+        &parse_text(text, Path::new("p.ini")).unwrap(),
+        base(),
+        false,
+    )
+    .unwrap()
 }
 
 fn map_err(text: &str) -> String {
-    map(&parse_text(text, Path::new("p.ini")).unwrap(), base())
-        .unwrap_err()
-        .to_string()
+    map(
+        &parse_text(text, Path::new("p.ini")).unwrap(),
+        base(),
+        false,
+    )
+    .unwrap_err()
+    .to_string()
 }
 
 fn warnings(m: &Mapped) -> Vec<String> {
@@ -225,8 +234,16 @@ fn database_names() {
         Some("10.0.0.9")
     );
     assert_eq!(value(&m, "backend.databases"), None);
-    assert!(map_err("[databases]\nfoo = dbname=bar\n")
-        .starts_with("p.ini:2: key \"foo\": dbname=bar: pgtenant cannot serve a database under"));
+    // dbname= aliases a database in passthrough mode, and is refused in tenant mode.
+    let m = mapped("[databases]\nfoo = dbname=bar\n");
+    let aliases = value(&m, "backend.server_databases").unwrap();
+    assert_eq!(aliases["foo"].as_str(), Some("bar"));
+    let ini = parse_text("[databases]\nfoo = dbname=bar\n", Path::new("p.ini")).unwrap();
+    let err = map(&ini, base(), true).unwrap_err().to_string();
+    assert!(
+        err.starts_with("p.ini:2: key \"foo\": dbname=bar: in tenant mode pgtenant cannot serve"),
+        "{err}"
+    );
     assert!(map_err("[databases]\n\"My-Db\" = host=h\n").contains("plain identifiers"));
     assert!(map_err("[databases]\npgbouncer = host=h\n").contains("reserved"));
     let m = mapped("[databases]\ncrm_db = host=h sslmode=require\n");
@@ -266,7 +283,15 @@ fn auth_settings() {
     .unwrap();
     let ini = dir.path().join("pgbouncer.ini");
     std::fs::write(&ini, "[pgbouncer]\nauth_file = userlist.txt\n").unwrap();
-    let m = map(&parse_file(&ini).unwrap(), base()).unwrap();
+    // Passthrough (the default for an ini): bare names are what it looks up.
+    let m = map(&parse_file(&ini).unwrap(), base(), false).unwrap();
+    assert!(!warnings(&m).iter().any(|w| w.contains("never match")));
+    assert_eq!(
+        value(&m, "tenants.mode").unwrap().as_str(),
+        Some("passthrough")
+    );
+    let m = map(&parse_file(&ini).unwrap(), base(), true).unwrap();
+    assert_eq!(value(&m, "tenants.mode"), None);
     let file = value(&m, "auth.auth_file").unwrap();
     assert_eq!(
         PathBuf::from(file.as_str().unwrap()),
@@ -313,7 +338,7 @@ fn values_pgtenant_cannot_take_are_warned_not_mapped() {
          query_wait_timeout = 0\nmax_prepared_statements = 0\nstray = 1\n",
     );
     let mapped_keys: Vec<String> = m.settings.iter().map(|s| s.dotted()).collect();
-    assert_eq!(mapped_keys, ["listen.addr"]);
+    assert_eq!(mapped_keys, ["listen.addr", "tenants.mode"]);
     for prefix in [
         "p.ini:3: key \"server_lifetime\": 0 (use each server connection once)",
         "p.ini:4: key \"server_reset_query\": empty (no reset: pgtenant must clean",
@@ -504,6 +529,7 @@ fn every_mapped_key_is_mapped() {
         .filter(|w| w.ends_with("\": not supported"))
         .collect();
     assert!(unmapped.is_empty(), "{unmapped:?}");
-    // One setting per key, the listener's two keys making one.
-    assert_eq!(m.settings.len(), names.len() - 1, "{:#?}", m.settings);
+    // One setting per key, the listener's two keys making one, plus the
+    // passthrough mode every ini gives.
+    assert_eq!(m.settings.len(), names.len(), "{:#?}", m.settings);
 }

@@ -1,5 +1,6 @@
 //! One server connection: opening it, logging in as PostgreSQL asks
-//! (SCRAM-SHA-256, md5 or cleartext), and the few queries the proxy runs on
+//! (SCRAM-SHA-256, md5 or cleartext, with a password, an md5 hash or a
+//! proved SCRAM ClientKey), and the few queries the proxy runs on
 //! it itself (settings at checkout, the reset query at release).
 
 use std::time::Instant;
@@ -10,6 +11,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 
 use super::statements::PreparedSet;
+use crate::auth::scram_client::ScramKeyClient;
+use crate::auth::{md5, Credential, CredentialError, Secret};
 use crate::net::Stream;
 use crate::protocol::error::parse_error_body;
 use crate::protocol::framing::{read_message, ProtocolError};
@@ -61,6 +64,9 @@ pub enum BackendError {
     /// The server asked for an authentication method the proxy does not speak.
     #[error("server asked for unsupported authentication method {0}")]
     UnsupportedAuth(i32),
+    /// The login's credential cannot answer what the server asked.
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
 }
 
 /// A logged-in server connection.
@@ -96,12 +102,12 @@ pub struct Backend {
 
 impl Backend {
     /// Opens a connection (over TLS when `tls` is given) and logs in with
-    /// `startup` parameters.
+    /// `startup` parameters, answering the server with `credential`.
     pub async fn connect(
         addr: &BackendAddr,
         tls: Option<&crate::tls::ServerTls>,
         startup: &[(&str, &str)],
-        password: &str,
+        credential: &Credential,
     ) -> Result<Backend, BackendError> {
         let mut stream = addr.connect().await?;
         if let Some(tls) = tls {
@@ -114,7 +120,7 @@ impl Backend {
             .iter()
             .find(|(k, _)| *k == "user")
             .map_or("", |(_, v)| v);
-        login(&mut stream, user, password, &mut buf).await?;
+        login(&mut stream, user, credential, &mut buf).await?;
 
         let mut backend = Backend {
             stream,
@@ -229,14 +235,26 @@ pub async fn send_cancel(addr: &BackendAddr, key: (i32, i32)) -> std::io::Result
     stream.shutdown().await
 }
 
+/// A SCRAM exchange in progress, by what it answers with.
+enum Sasl {
+    /// A password (`postgres_protocol`'s client).
+    Password(ScramSha256),
+    /// A proved ClientKey (SCRAM pass-through).
+    Key(ScramKeyClient),
+}
+
 /// Answers the server's authentication requests until AuthenticationOk.
 async fn login(
     stream: &mut Stream,
     user: &str,
-    password: &str,
+    credential: &Credential,
     buf: &mut BytesMut,
 ) -> Result<(), BackendError> {
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Sasl> = None;
+    let cannot = |asked: &'static str| CredentialError::Unanswerable {
+        asked,
+        held: credential.kind(),
+    };
     loop {
         let msg = read_message(stream, MAX_SERVER_MESSAGE).await?;
         match msg.tag {
@@ -259,16 +277,22 @@ async fn login(
         buf.clear();
         match kind {
             0 => return Ok(()),
-            3 => messages::password(buf, password),
+            3 => match credential {
+                Credential::Password(password) => messages::password(buf, password),
+                _ => return Err(cannot("a clear-text password").into()),
+            },
             5 => {
                 let salt: [u8; 4] = data
                     .try_into()
                     .map_err(|_| ProtocolError::Malformed("md5 salt is not 4 bytes"))?;
-                let hash = postgres_protocol::authentication::md5_hash(
-                    user.as_bytes(),
-                    password.as_bytes(),
-                    salt,
-                );
+                let secret = match credential {
+                    Credential::Password(pw) => Secret::Plain(pw.clone()),
+                    Credential::Md5(hash) => Secret::Md5(hash.clone()),
+                    _ => return Err(cannot("md5").into()),
+                };
+                let Some(hash) = md5::expected_response(&secret, user, salt) else {
+                    return Err(cannot("md5").into());
+                };
                 messages::password(buf, &hash);
             }
             10 => {
@@ -276,22 +300,41 @@ async fn login(
                 if !offers_scram {
                     return Err(BackendError::UnsupportedAuth(kind));
                 }
-                let s = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
-                messages::sasl_initial_response(buf, "SCRAM-SHA-256", s.message());
+                let (first, s) = match credential {
+                    Credential::Password(password) => {
+                        let s =
+                            ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+                        (s.message().to_vec(), Sasl::Password(s))
+                    }
+                    Credential::Scram {
+                        client_key,
+                        verifier,
+                    } => {
+                        let s = ScramKeyClient::new(client_key, verifier);
+                        (s.client_first(), Sasl::Key(s))
+                    }
+                    _ => return Err(cannot("SCRAM-SHA-256").into()),
+                };
+                messages::sasl_initial_response(buf, "SCRAM-SHA-256", &first);
                 scram = Some(s);
             }
-            11 => {
-                let s = scram
-                    .as_mut()
-                    .ok_or(ProtocolError::Malformed("SASL continue before start"))?;
-                s.update(data)?;
-                messages::sasl_response(buf, s.message());
-            }
+            11 => match scram.as_mut() {
+                Some(Sasl::Password(s)) => {
+                    s.update(data)?;
+                    messages::sasl_response(buf, s.message());
+                }
+                Some(Sasl::Key(s)) => {
+                    let fin = s.server_first(data)?;
+                    messages::sasl_response(buf, &fin);
+                }
+                None => return Err(ProtocolError::Malformed("SASL continue before start").into()),
+            },
             12 => {
-                let s = scram
-                    .as_mut()
-                    .ok_or(ProtocolError::Malformed("SASL final before start"))?;
-                s.finish(data)?;
+                match scram.as_mut() {
+                    Some(Sasl::Password(s)) => s.finish(data)?,
+                    Some(Sasl::Key(s)) => s.server_final(data)?,
+                    None => return Err(ProtocolError::Malformed("SASL final before start").into()),
+                }
                 continue;
             }
             other => return Err(BackendError::UnsupportedAuth(other)),

@@ -222,7 +222,7 @@ impl super::Pools {
         let pools: Vec<Arc<super::Pool>> = self
             .pools
             .iter()
-            .filter(|p| &p.key().tenant == tenant)
+            .filter(|p| p.key().tenant() == Some(tenant))
             .map(|p| Arc::clone(p.value()))
             .collect();
         let mut closed = 0;
@@ -284,11 +284,11 @@ mod tests {
     #[test]
     fn registrations_leave_the_list_when_dropped() {
         let c = Controls::default();
-        let key = PoolKey {
-            tenant: crate::tenant::TenantId::parse("acme").unwrap(),
-            database: "crm_db".into(),
-            access: crate::tenant::AccessLevel::ReadWrite,
-        };
+        let key = PoolKey::for_tenant(
+            crate::tenant::TenantId::parse("acme").unwrap(),
+            "crm_db".into(),
+            crate::tenant::AccessLevel::ReadWrite,
+        );
         let info = ServerInfo {
             pool: key,
             pid: 7,

@@ -2,6 +2,9 @@
 //! of a pool logs in as the tenant's own role with the tenant's `search_path`
 //! and `app.current_tenant` in its startup packet, so they are the session's
 //! reset values: `RESET ALL` and `DISCARD ALL` bring them back, never remove them.
+//! In passthrough mode (tenant features off) a pool is a (database, user)
+//! pair, as in PgBouncer, and its connections log in as that user with the
+//! credential its clients brought, with nothing added.
 //!
 //! Hand-rolled rather than bb8: the pool hands out raw sockets that the relay
 //! owns for a whole session or transaction, waits are strictly first come
@@ -25,6 +28,7 @@ use tracing::debug;
 pub use budget::Pool;
 use budget::{lock, Budget, Grant, PoolState, Waiter};
 
+use crate::auth::Credential;
 use crate::config::{seconds, BackendConfig, PoolConfig};
 use crate::protocol::SqlState;
 use crate::tenant::{role_password, AccessLevel, TenantId};
@@ -43,15 +47,71 @@ const MAX_REMEMBERED_PIDS: usize = 100_000;
 /// Identifies a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    /// The tenant every connection belongs to.
-    pub tenant: TenantId,
-    /// The service database.
+    /// The database clients asked for (a service database, or in
+    /// passthrough a `backend.databases` entry).
     pub database: String,
-    /// Read-write or read-only role.
-    pub access: AccessLevel,
+    /// Whom its connections log in as.
+    pub owner: PoolOwner,
 }
 
-/// What a tenant's settings say about its pools.
+/// Whom a pool's connections log in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PoolOwner {
+    /// A tenant's role, `tenant_<id>_rw` or `_ro`.
+    Tenant {
+        /// The tenant every connection belongs to.
+        tenant: TenantId,
+        /// Read-write or read-only role.
+        access: AccessLevel,
+    },
+    /// Passthrough: the PostgreSQL user the clients logged in as.
+    User(String),
+}
+
+impl PoolKey {
+    /// A tenant pool.
+    pub fn for_tenant(tenant: TenantId, database: String, access: AccessLevel) -> PoolKey {
+        PoolKey {
+            database,
+            owner: PoolOwner::Tenant { tenant, access },
+        }
+    }
+
+    /// A passthrough pool: (database, user), as PgBouncer's.
+    pub fn for_user(database: String, user: String) -> PoolKey {
+        PoolKey {
+            database,
+            owner: PoolOwner::User(user),
+        }
+    }
+
+    /// The tenant, for a tenant pool.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        match &self.owner {
+            PoolOwner::Tenant { tenant, .. } => Some(tenant),
+            PoolOwner::User(_) => None,
+        }
+    }
+
+    /// The access level: a tenant pool's, read-write for a passthrough pool
+    /// (PostgreSQL's grants decide).
+    pub fn access(&self) -> AccessLevel {
+        match &self.owner {
+            PoolOwner::Tenant { access, .. } => *access,
+            PoolOwner::User(_) => AccessLevel::ReadWrite,
+        }
+    }
+
+    /// The PostgreSQL role its connections log in as (SHOW POOLS' `user`).
+    pub fn user(&self) -> String {
+        match &self.owner {
+            PoolOwner::Tenant { tenant, access } => tenant.role(*access),
+            PoolOwner::User(user) => user.clone(),
+        }
+    }
+}
+
+/// What a client's checkouts need besides the pool key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolLimits {
     /// The tenant's own size for its pools; `None` for `pool.default_pool_size`.
@@ -59,6 +119,11 @@ pub struct PoolLimits {
     /// `statement_timeout` for the tenant's new connections, set in their
     /// startup packet (so `RESET ALL` keeps it), e.g. `30s`.
     pub statement_timeout: Option<String>,
+    /// Passthrough: what new connections log in with, from the client's
+    /// `auth_file` secret (tenant pools derive their role's password).
+    pub credential: Arc<Credential>,
+    /// Passthrough: the server database, when it is not `PoolKey::database`.
+    pub server_database: Option<String>,
 }
 
 /// One pool as seen at one moment.
@@ -251,7 +316,7 @@ impl Pools {
             if idle.backend.is_alive() {
                 return Ok(Grant::Backend(Box::new(idle.backend)));
             }
-            debug!(tenant = %pool.key.tenant, "dropping dead idle server connection");
+            debug!(pool = %pool.key.user(), "dropping dead idle server connection");
             st.open -= 1;
             pool.budget.hand_on();
         }
@@ -354,7 +419,7 @@ impl Pools {
                     }
                     Err(e) => {
                         pool.slot_freed();
-                        debug!(tenant = %pool.key.tenant, error = %e, "min_pool_size: could not open a connection");
+                        debug!(pool = ?pool.key, error = %e, "min_pool_size: could not open a connection");
                         break;
                     }
                 }
@@ -382,48 +447,74 @@ impl Pools {
         limits: &PoolLimits,
         limit: Duration,
     ) -> Result<Backend, PoolError> {
-        let role = key.tenant.role(key.access);
-        let password = role_password(&self.backend.tenant_role_secret, &role);
-        let mut search_path = vec![key.tenant.schema()];
+        let addr = BackendAddr {
+            host: self.backend.host.clone(),
+            port: self.backend.port,
+        };
+        let connect = async {
+            match &key.owner {
+                PoolOwner::Tenant { tenant, access } => {
+                    self.open_tenant(&addr, tenant, *access, &key.database, limits)
+                        .await
+                }
+                PoolOwner::User(user) => {
+                    let database = limits.server_database.as_deref().unwrap_or(&key.database);
+                    let startup = [("user", user.as_str()), ("database", database)];
+                    let tls = self.server_tls.as_deref();
+                    Backend::connect(&addr, tls, &startup, &limits.credential).await
+                }
+            }
+        };
+        let mut backend = tokio::time::timeout(limit, connect)
+            .await
+            .map_err(|_| PoolError::ConnectTimeout)?
+            .map_err(PoolError::from)?;
+        if self.pids.len() >= MAX_REMEMBERED_PIDS {
+            self.pids.clear();
+        }
+        if let Some(tenant) = key.tenant() {
+            self.pids.insert(backend.key.0, tenant.clone());
+        }
+        backend.registration = Some(self.controls.register(control::ServerInfo {
+            pool: key.clone(),
+            pid: backend.key.0,
+            host: self.backend.host.clone(),
+            port: self.backend.port,
+            connected: std::time::SystemTime::now(),
+        }));
+        Ok(backend)
+    }
+
+    /// Logs in as a tenant's role, its `search_path` and `app.current_tenant`
+    /// (and `statement_timeout`) in the startup packet.
+    async fn open_tenant(
+        &self,
+        addr: &BackendAddr,
+        tenant: &TenantId,
+        access: AccessLevel,
+        database: &str,
+        limits: &PoolLimits,
+    ) -> Result<Backend, BackendError> {
+        let role = tenant.role(access);
+        let password = Credential::Password(role_password(&self.backend.tenant_role_secret, &role));
+        let mut search_path = vec![tenant.schema()];
         search_path.extend(self.backend.search_path_tail.iter().cloned());
         // `\ ` is an escaped space inside one option, so SHOW search_path
         // reads "tenant_x, commons, public" as if set with SET.
         let mut options = format!(
             "-c search_path={} -c app.current_tenant={}",
             search_path.join(",\\ "),
-            key.tenant
+            tenant
         );
         if let Some(timeout) = &limits.statement_timeout {
             options.push_str(&format!(" -c statement_timeout={timeout}"));
         }
-        let addr = BackendAddr {
-            host: self.backend.host.clone(),
-            port: self.backend.port,
-        };
         let startup = [
             ("user", role.as_str()),
-            ("database", key.database.as_str()),
+            ("database", database),
             ("options", options.as_str()),
         ];
-        let mut backend = tokio::time::timeout(
-            limit,
-            Backend::connect(&addr, self.server_tls.as_deref(), &startup, &password),
-        )
-        .await
-        .map_err(|_| PoolError::ConnectTimeout)?
-        .map_err(PoolError::from)?;
-        if self.pids.len() >= MAX_REMEMBERED_PIDS {
-            self.pids.clear();
-        }
-        self.pids.insert(backend.key.0, key.tenant.clone());
-        backend.registration = Some(self.controls.register(control::ServerInfo {
-            pool: key.clone(),
-            pid: backend.key.0,
-            host: addr.host.clone(),
-            port: addr.port,
-            connected: std::time::SystemTime::now(),
-        }));
-        Ok(backend)
+        Backend::connect(addr, self.server_tls.as_deref(), &startup, &password).await
     }
 
     /// Every pool's state and counters, for the admin console and metrics.
@@ -507,12 +598,12 @@ impl PooledBackend {
                 self.pool.give_back(backend);
             }
             Ok(other) => {
-                debug!(tenant = %self.pool.key.tenant, result = ?other, "server reset failed; closing");
+                debug!(pool = %self.pool.key.user(), result = ?other, "server reset failed; closing");
                 backend.close().await;
                 self.pool.slot_freed();
             }
             Err(_) => {
-                debug!(tenant = %self.pool.key.tenant, "server reset timed out; closing");
+                debug!(pool = %self.pool.key.user(), "server reset timed out; closing");
                 self.pool.slot_freed();
             }
         }

@@ -30,7 +30,7 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context) -> En
     let gate = TenantGate {
         registry: &ctx.registry,
         pools: &ctx.pools,
-        tenant: &tenant,
+        tenant: tenant.as_ref(),
         admin: &ctx.config().backend.admin_user,
         own_pid: backend_key.0,
     };

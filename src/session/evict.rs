@@ -71,15 +71,20 @@ pub fn evict(ctx: &Context, only: Option<&HashSet<&str>>) -> Vec<TenantId> {
     };
     let mut clients = 0;
     for client in ctx.client_list.all() {
-        let Some(pool) = &client.pool else { continue };
-        if considered(&pool.tenant) && verdict(&pool.tenant) {
+        // Passthrough clients have no tenant to evict them for.
+        let Some(tenant) = client.pool.as_ref().and_then(|p| p.tenant()) else {
+            continue;
+        };
+        if considered(tenant) && verdict(tenant) {
             client.kill.cancel();
             clients += 1;
         }
     }
     for view in ctx.pools.views() {
-        if considered(&view.key.tenant) {
-            verdict(&view.key.tenant);
+        if let Some(tenant) = view.key.tenant() {
+            if considered(tenant) {
+                verdict(tenant);
+            }
         }
     }
     for tenant in &doomed {

@@ -1,6 +1,7 @@
 //! One client's life: pre-startup requests (SSLRequest and direct TLS
-//! included), the startup packet, tenant resolution, authentication, backend
-//! checkout, the relay, and release. Pools, auth exchanges, the registry and
+//! included), the startup packet, tenant resolution (or, in passthrough
+//! mode, the client's own user and database: `passthrough`),
+//! authentication, backend checkout, the relay, and release. Pools, auth exchanges, the registry and
 //! TLS certificates are used, not owned, here.
 
 pub mod cancel;
@@ -9,6 +10,7 @@ mod direct;
 mod events;
 pub mod evict;
 pub mod expect;
+mod passthrough;
 mod pooled;
 pub mod relay;
 mod settings;
@@ -30,6 +32,7 @@ use crate::pool::{PoolError, PoolKey, PoolLimits, PooledBackend, Pools};
 use crate::protocol::{
     messages, read_startup, ErrorFields, ProtocolError, SqlState, StartupPacket, StartupParams,
 };
+use crate::tenant::resolve::PROTECTED_SETTINGS;
 use crate::tenant::{
     self, AccessLevel, Registry, RegistryError, ResolveError, TenantId, TenantStatus,
 };
@@ -156,6 +159,8 @@ enum SessionError {
     Disabled(String),
     #[error("user \"{0}\" is not allowed to use the admin console")]
     NotConsoleUser(String),
+    #[error("no such database: {0}")]
+    UnknownDatabase(String),
 }
 
 impl SessionError {
@@ -173,7 +178,7 @@ impl SessionError {
             Self::Protocol(_) => SqlState::PROTOCOL_VIOLATION,
             Self::Unsupported(_) => SqlState::FEATURE_NOT_SUPPORTED,
             Self::Resolve(e) => e.sqlstate(),
-            Self::UnknownTenant(_) => SqlState::INVALID_CATALOG_NAME,
+            Self::UnknownTenant(_) | Self::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
             Self::Unavailable(..) | Self::Registry(_) => SqlState::CANNOT_CONNECT_NOW,
             Self::Auth(e) => e.sqlstate(),
             Self::Pool(e) => e.sqlstate(),
@@ -187,7 +192,7 @@ impl SessionError {
         // Internals (hosts, server messages at login) stay in the log.
         let message = match self {
             Self::Pool(PoolError::Backend(_)) | Self::Pool(PoolError::ConnectTimeout) => {
-                "could not open a server connection for this tenant".to_string()
+                "could not open a server connection".to_string()
             }
             Self::Registry(_) => "the tenant registry is not reachable; try again".to_string(),
             other => other.to_string(),
@@ -200,9 +205,13 @@ impl SessionError {
 struct Ready {
     backend: PooledBackend,
     key: (i32, i32),
-    tenant: TenantId,
-    /// The pool it draws from (its limits are read again at each checkout).
+    /// Its tenant; `None` in passthrough mode.
+    tenant: Option<TenantId>,
+    /// The pool it draws from.
     pool_key: PoolKey,
+    /// The limits it logged in with: in passthrough its server credential;
+    /// a tenant's limits are read again at each checkout.
+    pool_limits: PoolLimits,
     /// Its settings: startup ones plus every reported parameter's value.
     settings: Vec<(String, String)>,
     /// When its backend goes back to the pool.
@@ -211,27 +220,32 @@ struct Ready {
 
 /// Lets through only notifications sent by the client's own tenant (or the
 /// admin role): PostgreSQL's channels are per database, not per schema.
+/// Without a tenant (passthrough) every notification goes through, as in
+/// PostgreSQL.
 struct TenantGate<'a> {
     registry: &'a Registry,
     pools: &'a Pools,
-    tenant: &'a TenantId,
+    tenant: Option<&'a TenantId>,
     admin: &'a str,
     own_pid: i32,
 }
 
 impl NotificationGate for TenantGate<'_> {
     async fn allows(&self, sender: i32) -> bool {
+        let Some(tenant) = self.tenant else {
+            return true;
+        };
         if sender == self.own_pid {
             return true;
         }
         match self.registry.role_of_pid(sender).await {
             Ok(Some(role)) => {
                 role == self.admin
-                    || role == self.tenant.role(AccessLevel::ReadWrite)
-                    || role == self.tenant.role(AccessLevel::ReadOnly)
+                    || role == tenant.role(AccessLevel::ReadWrite)
+                    || role == tenant.role(AccessLevel::ReadOnly)
             }
             // The sender has gone: trust only this proxy's own record of it.
-            Ok(None) => self.pools.tenant_of_pid(sender).as_ref() == Some(self.tenant),
+            Ok(None) => self.pools.tenant_of_pid(sender).as_ref() == Some(tenant),
             Err(e) => {
                 warn!(error = %e, "cannot check a notification's sender; dropping it");
                 false
@@ -310,26 +324,24 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
             Err(_) => return refuse(&mut client, ctx, SessionError::LoginTimeout).await,
         }
     };
-    let Some(_tenant_slot) = TenantSlot::take(
-        &ctx.tenant_clients,
-        &authed.resolved.tenant,
-        authed.info.max_clients,
-    ) else {
-        let full = SessionError::Setting {
-            code: SqlState::TOO_MANY_CONNECTIONS,
-            message: format!("too many clients for tenant \"{}\"", authed.resolved.tenant),
-        };
-        return refuse(&mut client, ctx, full).await;
-    };
+    let mut _tenant_slot = None;
+    if let Some(tenant) = &authed.tenant {
+        match TenantSlot::take(&ctx.tenant_clients, tenant, authed.max_clients) {
+            Some(slot) => _tenant_slot = Some(slot),
+            None => {
+                let full = SessionError::Setting {
+                    code: SqlState::TOO_MANY_CONNECTIONS,
+                    message: format!("too many clients for tenant \"{tenant}\""),
+                };
+                return refuse(&mut client, ctx, full).await;
+            }
+        }
+    }
     let listed = ctx.client_list.add(clients::NewClient {
         peer,
-        pool: Some(PoolKey {
-            tenant: authed.resolved.tenant.clone(),
-            database: authed.resolved.database.clone(),
-            access: authed.access,
-        }),
-        user: authed.resolved.user.clone(),
-        database: authed.resolved.database.clone(),
+        pool: Some(authed.pool_key.clone()),
+        user: authed.user.clone(),
+        database: authed.pool_key.database.clone(),
         tls: client.is_tls(),
         state: clients::ClientState::Waiting,
     });
@@ -341,7 +353,7 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
             Err(e) => return refuse(&mut client, ctx, e).await,
         };
         let tls = matches!(client, Stream::Tls(_));
-        events::logged_in(&ctx.config().log, tls, ready.pool_key.access, ready.mode);
+        events::logged_in(&ctx.config().log, tls, ready.pool_key.access(), ready.mode);
         match ready.mode {
             PoolMode::Session => {
                 entry.set_state(clients::ClientState::Active);
@@ -503,6 +515,9 @@ async fn login(
         }
         return console_login(client, ctx, &params, binding).await;
     }
+    if config.tenants.passthrough() {
+        return passthrough::login(client, ctx, &params, buf, binding).await;
+    }
 
     let resolved = tenant::resolve(
         &params,
@@ -533,9 +548,11 @@ async fn login(
     }
 
     let wanted =
-        settings::wanted(&params, &resolved.settings).map_err(|message| SessionError::Setting {
-            code: SqlState::INSUFFICIENT_PRIVILEGE,
-            message,
+        settings::wanted(&params, &resolved.settings, PROTECTED_SETTINGS).map_err(|message| {
+            SessionError::Setting {
+                code: SqlState::INSUFFICIENT_PRIVILEGE,
+                message,
+            }
         })?;
     let (secret, access) = lookup_secret(ctx, &resolved).await?;
     if !buf.is_empty() {
@@ -558,10 +575,18 @@ async fn login(
         return Err(AuthError::Failed(resolved.user.clone()).into());
     }
 
+    let limits = PoolLimits {
+        size: info.pool_size,
+        statement_timeout: info.statement_timeout.clone(),
+        ..PoolLimits::default()
+    };
     Ok(Login::Done(Box::new(Authenticated {
-        resolved,
-        info,
-        access,
+        pool_key: PoolKey::for_tenant(resolved.tenant.clone(), resolved.database, access),
+        limits,
+        tenant: Some(resolved.tenant),
+        max_clients: info.max_clients,
+        pool_mode: info.pool_mode,
+        user: resolved.user,
         wanted,
     })))
 }
@@ -601,9 +626,19 @@ async fn console_login(
 
 /// A client that has proved who it is and has no backend yet.
 struct Authenticated {
-    resolved: tenant::Resolved,
-    info: tenant::TenantInfo,
-    access: AccessLevel,
+    /// The pool it draws from.
+    pool_key: PoolKey,
+    /// What its checkouts need besides the key (tenant limits, or its
+    /// server credential in passthrough).
+    limits: PoolLimits,
+    /// Its tenant; `None` in passthrough mode.
+    tenant: Option<TenantId>,
+    /// Its tenant's `config.max_clients`.
+    max_clients: Option<usize>,
+    /// Its tenant's own pool mode.
+    pool_mode: Option<PoolMode>,
+    /// The user name it authenticated as (without its tenant part).
+    user: String,
     /// Its checked settings.
     wanted: Vec<(String, String)>,
 }
@@ -618,21 +653,14 @@ async fn attach(
 ) -> Result<Ready, SessionError> {
     let config = ctx.config();
     let Authenticated {
-        resolved,
-        info,
-        access,
+        pool_key: key,
+        limits,
+        tenant,
+        pool_mode,
         wanted,
+        ..
     } = authed;
     let mut buf = BytesMut::with_capacity(1024);
-    let key = PoolKey {
-        tenant: resolved.tenant.clone(),
-        database: resolved.database.clone(),
-        access,
-    };
-    let limits = PoolLimits {
-        size: info.pool_size,
-        statement_timeout: info.statement_timeout.clone(),
-    };
     let mut backend = ctx.pools.checkout(&key, &limits).await?;
     if let Err(e) = settings::apply(backend.backend(), &wanted).await {
         backend.release(&config.pool.server_reset_query).await;
@@ -660,21 +688,15 @@ async fn attach(
             settings.push((name.clone(), value.clone()));
         }
     }
-    let mode = info
-        .pool_mode
-        .or_else(|| {
-            config
-                .pool
-                .database_pool_modes
-                .get(&resolved.database)
-                .copied()
-        })
+    let mode = pool_mode
+        .or_else(|| config.pool.database_pool_modes.get(&key.database).copied())
         .unwrap_or(config.pool.pool_mode);
     Ok(Ready {
         backend,
         key: cancel_key,
-        tenant: resolved.tenant,
+        tenant,
         pool_key: key,
+        pool_limits: limits,
         settings,
         mode,
     })

@@ -42,6 +42,7 @@ pub(super) async fn serve(
         key,
         tenant,
         pool_key,
+        pool_limits: login_limits,
         settings: client_settings,
         ..
     } = *ready;
@@ -110,18 +111,23 @@ pub(super) async fn serve(
             continue;
         }
         // The tenant's settings as the registry says now, so a changed
-        // pool_size applies to connected clients too.
-        let pool_limits = match ctx.registry.tenant(tenant.as_str()) {
-            Some(info) if !info.must_disconnect() => PoolLimits {
-                size: info.pool_size,
-                statement_timeout: info.statement_timeout,
+        // pool_size applies to connected clients too (passthrough clients
+        // have no tenant: the pool settings apply).
+        let pool_limits = match &tenant {
+            None => login_limits.clone(),
+            Some(tenant) => match ctx.registry.tenant(tenant.as_str()) {
+                Some(info) if !info.must_disconnect() => PoolLimits {
+                    size: info.pool_size,
+                    statement_timeout: info.statement_timeout,
+                    ..login_limits.clone()
+                },
+                _ => {
+                    break Err(fatal(
+                        SqlState::CANNOT_CONNECT_NOW,
+                        &format!("tenant \"{tenant}\" is not available"),
+                    ))
+                }
             },
-            _ => {
-                break Err(fatal(
-                    SqlState::CANNOT_CONNECT_NOW,
-                    &format!("tenant \"{tenant}\" is not available"),
-                ))
-            }
         };
         let turn = Turn {
             ctx,
@@ -130,7 +136,7 @@ pub(super) async fn serve(
             pool_limits: &pool_limits,
             entry,
             key,
-            tenant: &tenant,
+            tenant: tenant.as_ref(),
             cache: &cache,
             mode,
             idle_transaction_timeout,
@@ -165,7 +171,7 @@ struct Turn<'a> {
     pool_limits: &'a PoolLimits,
     entry: &'a ClientEntry,
     key: (i32, i32),
-    tenant: &'a TenantId,
+    tenant: Option<&'a TenantId>,
     cache: &'a Arc<StatementCache>,
     mode: PoolMode,
     idle_transaction_timeout: Option<std::time::Duration>,

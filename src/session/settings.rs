@@ -7,13 +7,14 @@ use crate::pool::Backend;
 use crate::protocol::{SqlState, StartupParams};
 
 use super::{is_connection_param, SessionError};
-use crate::tenant::resolve::PROTECTED_SETTINGS;
 
 /// The settings a client asked for, checked: names are plain GUC names and
-/// none is protected. `Err` carries the message for the client.
+/// none is in `protected` (the tenant-confining settings in tenant mode,
+/// none in passthrough). `Err` carries the message for the client.
 pub(crate) fn wanted(
     params: &StartupParams,
     option_settings: &[(String, String)],
+    protected: &[&str],
 ) -> Result<Vec<(String, String)>, String> {
     let mut out: Vec<(String, String)> = Vec::new();
     let from_startup = params.0.iter().filter(|(k, _)| !is_connection_param(k));
@@ -25,10 +26,7 @@ pub(crate) fn wanted(
         if !valid {
             return Err(format!("invalid setting name {name:?}"));
         }
-        if PROTECTED_SETTINGS
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case(name))
-        {
+        if protected.iter().any(|p| p.eq_ignore_ascii_case(name)) {
             return Err(format!(
                 "setting {name:?} is managed by pgtenant and cannot be set at startup"
             ));
@@ -129,6 +127,7 @@ fn known_code(code: &str) -> SqlState {
 mod tests {
     use super::*;
     use crate::session::startup_params;
+    use crate::tenant::resolve::PROTECTED_SETTINGS;
 
     #[test]
     fn wanted_settings() {
@@ -138,12 +137,16 @@ mod tests {
             ("application_name", "psql"),
             ("DateStyle", "ISO"),
         ]);
-        let w = wanted(&p, &[("statement_timeout".into(), "5s".into())]).unwrap();
+        let timeout = [("statement_timeout".into(), "5s".into())];
+        let w = wanted(&p, &timeout, PROTECTED_SETTINGS).unwrap();
         assert_eq!(w.len(), 3);
         let p = startup_params(&[("user", "a"), ("search_path", "tenant_other")]);
-        assert!(wanted(&p, &[]).unwrap_err().contains("managed by pgtenant"));
+        let err = wanted(&p, &[], PROTECTED_SETTINGS).unwrap_err();
+        assert!(err.contains("managed by pgtenant"));
+        // Passthrough protects nothing: the client's search_path is its own.
+        assert_eq!(wanted(&p, &[], &[]).unwrap().len(), 1);
         let p = startup_params(&[("user", "a"), ("bad name';--", "x")]);
-        assert!(wanted(&p, &[]).is_err());
+        assert!(wanted(&p, &[], &[]).is_err());
         assert_eq!(literal("it's"), "'it''s'");
     }
 }

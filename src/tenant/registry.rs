@@ -162,6 +162,17 @@ impl Registry {
         self.reloaded.subscribe()
     }
 
+    /// A registry that is never connected and holds no tenant, for
+    /// passthrough mode (tenant features off), where none is needed.
+    pub fn offline() -> Arc<Registry> {
+        Arc::new(Registry {
+            tenants: DashMap::new(),
+            client: RwLock::new(None),
+            last_notify: std::sync::Mutex::new(None),
+            reloaded: broadcast::channel(RELOADED_BACKLOG).0,
+        })
+    }
+
     /// The tenant with this id, if registered.
     pub fn tenant(&self, id: &str) -> Option<TenantInfo> {
         self.tenants.get(id).map(|t| t.clone())

@@ -91,7 +91,7 @@ pub fn resolve(
         .get("user")
         .filter(|u| !u.is_empty())
         .ok_or(ResolveError::NoUser)?;
-    let options = parse_options(params.get("options").unwrap_or(""))?;
+    let options = parse_options(params.get("options").unwrap_or(""), true)?;
     // libpq sends the user name as the database when none was given.
     let database = params
         .get("database")
@@ -200,7 +200,15 @@ fn split_words(options: &str) -> Vec<String> {
     words
 }
 
-fn parse_options(options: &str) -> Result<ParsedOptions, ResolveError> {
+/// Passthrough mode (no tenants): the `-c key=value` / `--key=value`
+/// settings of `options`, none protected and none naming a tenant.
+pub fn passthrough_settings(params: &StartupParams) -> Result<Vec<(String, String)>, ResolveError> {
+    Ok(parse_options(params.get("options").unwrap_or(""), false)?.settings)
+}
+
+/// Parses `options`; `tenants`: tenant mode, where `tenant=`/`reference=`
+/// name the tenant and the protected settings are refused.
+fn parse_options(options: &str, tenants: bool) -> Result<ParsedOptions, ResolveError> {
     let mut parsed = ParsedOptions::default();
     let mut words = split_words(options).into_iter();
     while let Some(word) = words.next() {
@@ -212,7 +220,7 @@ fn parse_options(options: &str) -> Result<ParsedOptions, ResolveError> {
             rest.to_string()
         } else if let Some(rest) = word.strip_prefix("--") {
             rest.to_string()
-        } else if word.starts_with("reference=") {
+        } else if tenants && word.starts_with("reference=") {
             word
         } else {
             return Err(ResolveError::BadOptions(
@@ -224,14 +232,14 @@ fn parse_options(options: &str) -> Result<ParsedOptions, ResolveError> {
             .ok_or_else(|| ResolveError::BadOptions(format!("{assignment:?} is not key=value")))?;
         // PostgreSQL reads "--some-name" as "some_name".
         let key = key.replace('-', "_").to_ascii_lowercase();
-        if key == "tenant" || key == "reference" {
+        if tenants && (key == "tenant" || key == "reference") {
             match &parsed.tenant {
                 Some(t) if t != value => {
                     return Err(ResolveError::Conflict(t.clone(), value.to_string()))
                 }
                 _ => parsed.tenant = Some(value.to_string()),
             }
-        } else if PROTECTED_SETTINGS.contains(&key.as_str()) {
+        } else if tenants && PROTECTED_SETTINGS.contains(&key.as_str()) {
             return Err(ResolveError::Protected(key));
         } else if key.is_empty() {
             return Err(ResolveError::BadOptions("empty setting name".into()));
