@@ -26,7 +26,17 @@ CREATE TABLE IF NOT EXISTS commons.tenants (
 -- While the tenant is `suspended`: proxies also close its connected clients
 -- and server connections (`tenant suspend --now`), not only refuse new ones.
 -- Nullable (NULL = false) so backups taken before it existed restore as they are.
-ALTER TABLE commons.tenants ADD COLUMN IF NOT EXISTS disconnect_clients boolean DEFAULT false;
+-- Checked first: ALTER TABLE locks the table even when the column exists, and
+-- `pgtenant init` runs while tenants are created (it must not deadlock with them).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = 'commons.tenants'::regclass
+                      AND attname = 'disconnect_clients' AND NOT attisdropped) THEN
+        ALTER TABLE commons.tenants ADD COLUMN disconnect_clients boolean DEFAULT false;
+    END IF;
+END
+$$;
 
 CREATE TABLE IF NOT EXISTS commons.tenant_users (
     tenant_id   text NOT NULL REFERENCES commons.tenants (id) ON DELETE CASCADE,
@@ -92,19 +102,30 @@ BEGIN
 END
 $$;
 
-DROP TRIGGER IF EXISTS tenants_touch ON commons.tenants;
-CREATE TRIGGER tenants_touch
-    BEFORE UPDATE ON commons.tenants
-    FOR EACH ROW EXECUTE FUNCTION commons.touch_updated_at();
-
-DROP TRIGGER IF EXISTS tenants_notify ON commons.tenants;
-CREATE TRIGGER tenants_notify
-    AFTER INSERT OR UPDATE OR DELETE ON commons.tenants
-    FOR EACH ROW EXECUTE FUNCTION commons.notify_registry_change();
-
-DROP TRIGGER IF EXISTS tenant_users_notify ON commons.tenant_users;
-CREATE TRIGGER tenant_users_notify
-    AFTER INSERT OR UPDATE OR DELETE ON commons.tenant_users
-    FOR EACH ROW EXECUTE FUNCTION commons.notify_registry_change();
+-- Triggers are created when missing only: dropping and re-creating them would
+-- lock both tables on every `pgtenant init` (the functions they call are
+-- replaced above without any table lock).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = 'commons.tenants'::regclass AND tgname = 'tenants_touch') THEN
+        CREATE TRIGGER tenants_touch
+            BEFORE UPDATE ON commons.tenants
+            FOR EACH ROW EXECUTE FUNCTION commons.touch_updated_at();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = 'commons.tenants'::regclass AND tgname = 'tenants_notify') THEN
+        CREATE TRIGGER tenants_notify
+            AFTER INSERT OR UPDATE OR DELETE ON commons.tenants
+            FOR EACH ROW EXECUTE FUNCTION commons.notify_registry_change();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = 'commons.tenant_users'::regclass AND tgname = 'tenant_users_notify') THEN
+        CREATE TRIGGER tenant_users_notify
+            AFTER INSERT OR UPDATE OR DELETE ON commons.tenant_users
+            FOR EACH ROW EXECUTE FUNCTION commons.notify_registry_change();
+    END IF;
+END
+$$;
 
 REVOKE ALL ON SCHEMA commons FROM PUBLIC;
