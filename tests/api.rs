@@ -14,8 +14,6 @@ use common::*;
 use pgtenant::config::{Config, PoolMode};
 use pgtenant::server::Proxy;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// Upper bound for things that happen at once, so a broken build fails
@@ -57,31 +55,17 @@ async fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Reply {
-    let mut s = TcpStream::connect(addr).await.expect("connect to HTTP");
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: pgtenant\r\nConnection: close\r\n");
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() {
-        request.push_str("Content-Type: application/json\r\n");
-    }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("Authorization", b))
+        .into_iter()
+        .collect();
+    let r = http_request(addr, method, path, &headers, body).await;
     Reply {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
+        status: r.status,
+        head: r.head,
+        body: r.body,
     }
 }
 

@@ -12,25 +12,12 @@ use std::time::Duration;
 use common::*;
 use pgtenant::config::{Config, PoolMode, TenantLabel};
 use pgtenant::server::Proxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 /// A GET over a fresh connection: (status, body).
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect to HTTP");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: pgtenant\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status code");
-    (status, body.to_string())
+    common::http_get(addr, path).await
 }
 
 /// Samples keyed by name and sorted labels.
