@@ -157,6 +157,7 @@ impl Proxy {
             http_addr = Some(bound);
         }
         tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));
+        tracker.spawn(warm_pools(Arc::clone(&context), shutdown.clone()));
         // Off the tracker: it keeps acting on tenant changes while draining.
         tokio::spawn(session::evict::run(
             Arc::clone(&context),
@@ -326,6 +327,15 @@ async fn reap_idle_servers(ctx: Arc<Context>, shutdown: CancellationToken) {
         if closed > 0 {
             tracing::debug!(closed, "closed idle server connections");
         }
+    }
+}
+
+/// Tops pools up to `min_pool_size` once a second, in a task of its own: a
+/// server that is slow to answer delays this, never the reaper.
+async fn warm_pools(ctx: Arc<Context>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while shutdown.run_until_cancelled(tick.tick()).await.is_some() {
         let opened = ctx.pools.warm().await;
         if opened > 0 {
             tracing::debug!(opened, "opened server connections for min_pool_size");
