@@ -159,6 +159,14 @@ async fn rebuild_in(
         .transaction()
         .await
         .map_err(db_err(format!("starting the view rebuild in {db}")))?;
+    // DDL here and the GRANT/REVOKE/DROP OWNED of tenant creation and drop
+    // touch shared catalog rows: take turns with them, as they do.
+    tx.execute(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+        &[&super::tenant::GRANT_LOCK_KEY],
+    )
+    .await
+    .map_err(db_err(format!("locking {db} for the view rebuild")))?;
     let schema = quote_ident(ADMIN_SCHEMA);
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner};

@@ -70,12 +70,12 @@ pub async fn create_tenant(
         .await?;
         grant(&mut client, db, id, &b.admin_user).await?;
         // Shared tables made since init get their row-level security too.
-        client
-            .batch_execute("SELECT commons.apply_tenant_row_security()")
-            .await
-            .map_err(db_err(format!(
-                "row-level security on shared tables of {db}"
-            )))?;
+        run_under_grant_lock(
+            &mut client,
+            "SELECT commons.apply_tenant_row_security()",
+            format!("row-level security on shared tables of {db}"),
+        )
+        .await?;
     }
 
     registry
