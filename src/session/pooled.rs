@@ -42,7 +42,7 @@ pub(super) async fn serve(
         key,
         tenant,
         pool_key,
-        pool_limits: login_limits,
+        mut pool_limits,
         settings: client_settings,
         ..
     } = *ready;
@@ -111,24 +111,28 @@ pub(super) async fn serve(
             continue;
         }
         // The tenant's settings as the registry says now, so a changed
-        // pool_size applies to connected clients too (passthrough clients
-        // have no tenant: the pool settings apply).
-        let pool_limits = match &tenant {
-            None => login_limits.clone(),
-            Some(tenant) => match ctx.registry.tenant(tenant.as_str()) {
-                Some(info) if !info.must_disconnect() => PoolLimits {
-                    size: info.pool_size,
-                    statement_timeout: info.statement_timeout,
-                    ..login_limits.clone()
-                },
-                _ => {
-                    break Err(fatal(
-                        SqlState::CANNOT_CONNECT_NOW,
-                        &format!("tenant \"{tenant}\" is not available"),
-                    ))
+        // pool_size applies to connected clients too; read in place and
+        // copied only when they changed (no allocation per transaction).
+        // Passthrough clients have no tenant: their login limits stand.
+        if let Some(tenant) = &tenant {
+            let servable = ctx.registry.with_tenant(tenant.as_str(), |info| {
+                if info.pool_size != pool_limits.size {
+                    pool_limits.size = info.pool_size;
                 }
-            },
-        };
+                if info.statement_timeout != pool_limits.statement_timeout {
+                    pool_limits
+                        .statement_timeout
+                        .clone_from(&info.statement_timeout);
+                }
+                !info.must_disconnect()
+            });
+            if servable != Some(true) {
+                break Err(fatal(
+                    SqlState::CANNOT_CONNECT_NOW,
+                    &format!("tenant \"{tenant}\" is not available"),
+                ));
+            }
+        }
         let turn = Turn {
             ctx,
             config: &config,

@@ -178,6 +178,12 @@ impl Registry {
         self.tenants.get(id).map(|t| t.clone())
     }
 
+    /// Runs `read` on the tenant with this id in place, without copying it
+    /// (for the per-transaction check of its settings); `None` when unknown.
+    pub fn with_tenant<R>(&self, id: &str, read: impl FnOnce(&TenantInfo) -> R) -> Option<R> {
+        self.tenants.get(id).map(|t| read(&t))
+    }
+
     /// Waits until `check` holds for tenant `id`'s cache entry (`None`: not
     /// registered), or `limit` passes; returns whether it held. For commands
     /// that change the registry and answer once this process has heard.
