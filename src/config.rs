@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod backends;
+
+pub use backends::{Cluster, DedicatedBackend};
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +55,8 @@ pub struct Config {
     pub listen: ListenConfig,
     /// The PostgreSQL cluster behind the proxy.
     pub backend: BackendConfig,
+    /// The clusters of dedicated tenants, by name (`[backends.NAME]`).
+    pub backends: std::collections::BTreeMap<String, DedicatedBackend>,
     /// How clients prove who they are.
     pub auth: AuthConfig,
     /// How the tenant is found in the startup packet.
@@ -795,6 +801,7 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        backends::validate(&self.backends).map_err(|(key, message)| invalid(&key, message))?;
         if self.tenants.sources.is_empty() {
             return Err(invalid(
                 "tenants.sources",
@@ -852,6 +859,32 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The cluster of a tenant whose registry row names `backend` (`None`
+    /// or empty: the shared cluster); `None` when no `[backends]` entry has
+    /// that name.
+    pub fn cluster(&self, backend: Option<&str>) -> Option<Cluster> {
+        match backend.filter(|name| !name.is_empty()) {
+            None => Some(self.backend.shared_cluster()),
+            Some(name) => self
+                .backends
+                .get(name)
+                .map(|b| self.backend.dedicated_cluster(name, b)),
+        }
+    }
+
+    /// Every configured cluster, the shared one first.
+    pub fn clusters(&self) -> Vec<Cluster> {
+        std::iter::once(self.backend.shared_cluster())
+            .chain(
+                self.backends
+                    .iter()
+                    .map(|(name, b)| self.backend.dedicated_cluster(name, b)),
+            )
+            .collect()
     }
 }
 

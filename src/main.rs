@@ -138,8 +138,14 @@ enum TenantCommand {
         name: String,
         /// Tenant settings as JSON, e.g. '{"pool_size": 5, "pool_mode": "transaction"}'
         /// (keys: pool_size, pool_mode, statement_timeout, max_clients).
-        #[arg(long, value_name = "JSON")]
+        #[arg(long, value_name = "JSON", visible_alias = "config")]
         settings: Option<String>,
+        /// shared (the [backend] cluster, default) or dedicated (a cluster of its own).
+        #[arg(long, value_parser = ["shared", "dedicated"])]
+        tier: Option<String>,
+        /// A dedicated tenant's cluster: a [backends.NAME] of the configuration.
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
     },
     /// Change a tenant's settings (JSON merged into its config; null removes a key); running proxies apply them at once.
     Configure {
@@ -299,11 +305,18 @@ fn healthcheck(addr: &str) -> Result<()> {
 /// `pgtenant tenant ...`.
 async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
     match action {
-        TenantCommand::Create { id, name, settings } => {
+        TenantCommand::Create {
+            id,
+            name,
+            settings,
+            tier,
+            backend,
+        } => {
             let id = TenantId::parse(&id)?;
             // Checked before anything is created.
             let settings = settings.as_deref().map(parse_settings).transpose()?;
-            provision::create_tenant(config, &id, &name).await?;
+            let tier = provision::Tier::requested(tier.as_deref(), backend.as_deref())?;
+            provision::create_tenant_on(config, &id, &name, tier).await?;
             if let Some(settings) = settings {
                 provision::lifecycle::set_tenant_config(config, &id, &settings).await?;
             }

@@ -30,6 +30,10 @@ struct CreateBody {
     #[serde(default)]
     name: String,
     settings: Option<serde_json::Value>,
+    /// `shared` or `dedicated`, as `tenant create --tier`.
+    tier: Option<String>,
+    /// A dedicated tenant's `[backends]` name, as `tenant create --backend`.
+    backend: Option<String>,
 }
 
 /// `PATCH /tenants/{id}`.
@@ -150,7 +154,17 @@ pub async fn create(State(state): State<Arc<HttpState>>, bytes: Bytes) -> ApiRes
     if let Some(settings) = &request.settings {
         check_settings(settings)?;
     }
+    let tier = provision::Tier::requested(request.tier.as_deref(), request.backend.as_deref())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let config = state.ctx.config();
+    if let Some(provision::Tier::Dedicated(name)) = tier {
+        if config.cluster(Some(name)).is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("backend {name:?} is not configured"),
+            ));
+        }
+    }
     if let Some(status @ ("active" | "suspended")) =
         lifecycle::tenant_status(&config, &id).await?.as_deref()
     {
@@ -159,7 +173,7 @@ pub async fn create(State(state): State<Arc<HttpState>>, bytes: Bytes) -> ApiRes
             format!("tenant {id} already exists ({status})"),
         ));
     }
-    provision::create_tenant(&config, &id, &request.name).await?;
+    provision::create_tenant_on(&config, &id, &request.name, tier).await?;
     if let Some(settings) = &request.settings {
         lifecycle::set_tenant_config(&config, &id, settings).await?;
     }

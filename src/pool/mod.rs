@@ -124,6 +124,8 @@ pub struct PoolLimits {
     pub credential: Arc<Credential>,
     /// Passthrough: the server database, when it is not `PoolKey::database`.
     pub server_database: Option<String>,
+    /// A dedicated tenant's cluster; `None` for `[backend]`.
+    pub server: Option<Arc<BackendAddr>>,
 }
 
 /// One pool as seen at one moment.
@@ -447,9 +449,12 @@ impl Pools {
         limits: &PoolLimits,
         limit: Duration,
     ) -> Result<Backend, PoolError> {
-        let addr = BackendAddr {
-            host: self.backend.host.clone(),
-            port: self.backend.port,
+        let addr = match &limits.server {
+            Some(addr) => BackendAddr::clone(addr),
+            None => BackendAddr {
+                host: self.backend.host.clone(),
+                port: self.backend.port,
+            },
         };
         let connect = async {
             match &key.owner {
@@ -478,8 +483,8 @@ impl Pools {
         backend.registration = Some(self.controls.register(control::ServerInfo {
             pool: key.clone(),
             pid: backend.key.0,
-            host: self.backend.host.clone(),
-            port: self.backend.port,
+            host: addr.host.clone(),
+            port: addr.port,
             connected: std::time::SystemTime::now(),
         }));
         Ok(backend)

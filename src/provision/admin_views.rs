@@ -18,7 +18,7 @@ use tokio_postgres::Client;
 use crate::config::Config;
 
 use super::migrate::TEMPLATE_SCHEMA;
-use super::{admin_connect, db_err, quote_ident, quote_literal, ProvisionError};
+use super::{admin_connect, cluster_connect, db_err, quote_ident, quote_literal, ProvisionError};
 
 /// Advisory lock key (in the registry database) serialising view rebuilds and drops.
 const VIEWS_LOCK_KEY: i64 = 0x7067_7465_6e03;
@@ -29,7 +29,7 @@ pub const ADMIN_SCHEMA: &str = "admin";
 /// What a rebuild did in one database.
 #[derive(Debug, Clone, Default)]
 pub struct ViewsReport {
-    /// The service database.
+    /// The service database, followed by ` (backend NAME)` on a dedicated cluster.
     pub database: String,
     /// Views (re)built, e.g. `admin.all_contacts`.
     pub views: Vec<String>,
@@ -37,27 +37,52 @@ pub struct ViewsReport {
     pub skipped: Vec<(String, String, String)>,
 }
 
-/// Rebuilds the cross-tenant views of every service database.
+/// Rebuilds the cross-tenant views of every service database, on every
+/// cluster: each cluster's views cover the tenants that live there. A
+/// dedicated cluster that cannot be reached is logged and skipped, so it
+/// never holds up the shared cluster's tenants.
 pub async fn rebuild_admin_views(config: &Config) -> Result<Vec<ViewsReport>, ProvisionError> {
     let b = &config.backend;
     let registry = admin_connect(config, &b.registry_database).await?;
     // One rebuild or drop at a time, and the tenant list read under the lock,
     // so a rebuild never brings back a tenant that a drop has just left out.
     take_views_lock(&registry).await?;
-    let tenants: Vec<String> = registry
+    let tenants: Vec<(String, Option<String>)> = registry
         .query(
-            "SELECT id FROM commons.tenants WHERE status IN ('active', 'suspended') ORDER BY id",
+            "SELECT id, nullif(backend, '') FROM commons.tenants
+             WHERE status IN ('active', 'suspended') ORDER BY id",
             &[],
         )
         .await
         .map_err(db_err("listing tenants"))?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut reports = Vec::new();
-    for db in &b.databases {
-        let mut client = admin_connect(config, db).await?;
-        reports.push(rebuild_in(&mut client, db, &b.admin_user, &tenants).await?);
+    for cluster in config.clusters() {
+        let here: Vec<String> = tenants
+            .iter()
+            .filter(|(_, backend)| *backend == cluster.name)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for db in &b.databases {
+            let rebuilt = async {
+                let mut client = cluster_connect(&cluster, db).await?;
+                rebuild_in(&mut client, db, &cluster.admin_user, &here).await
+            };
+            match (rebuilt.await, &cluster.name) {
+                (Ok(mut report), Some(name)) => {
+                    report.database = format!("{db} (backend {name})");
+                    reports.push(report);
+                }
+                (Ok(report), None) => reports.push(report),
+                (Err(e), Some(_)) => tracing::warn!(
+                    cluster = %cluster.describe(), database = %db, error = %e,
+                    "admin views not rebuilt"
+                ),
+                (Err(e), None) => return Err(e),
+            }
+        }
     }
     Ok(reports)
 }

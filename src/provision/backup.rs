@@ -14,7 +14,7 @@ use tokio::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Cluster, Config};
 use crate::tenant::id::TenantId;
 
 use super::{admin_connect, db_err, io_err, ProvisionError};
@@ -106,11 +106,13 @@ pub(crate) async fn backup_with_status(
             Path::new(&config.provision.backup_dir).join(format!("pgtenant-backup-{id}-{compact}"))
         }
     };
+    let backend = super::registered_backend(&registry, id.as_str()).await?;
+    let cluster = super::tenant_cluster(config, id.as_str(), backend.as_deref())?;
     prepare_dir(&dir)?;
 
     let mut databases = Vec::new();
     for db in &b.databases {
-        let client = admin_connect(config, db).await?;
+        let client = super::cluster_connect(&cluster, db).await?;
         let exists: bool = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
@@ -121,7 +123,7 @@ pub(crate) async fn backup_with_status(
             .get(0);
         let file = if exists {
             let name = format!("{db}.dump");
-            dump_schema(config, db, &id.schema(), &dir.join(&name)).await?;
+            dump_schema(&cluster, db, &id.schema(), &dir.join(&name)).await?;
             Some(name)
         } else {
             tracing::warn!(tenant = %id, database = %db, "no schema to back up");
@@ -214,12 +216,12 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), ProvisionError>
 
 /// `pg_dump` of one schema of `db`, custom format, without owners or grants.
 pub(crate) async fn dump_schema(
-    config: &Config,
+    cluster: &Cluster,
     db: &str,
     schema: &str,
     file: &Path,
 ) -> Result<(), ProvisionError> {
-    let mut cmd = pg_tool(config, "pg_dump", db);
+    let mut cmd = pg_tool(cluster, "pg_dump", db);
     // A quoted pattern matches exactly this name.
     cmd.arg(format!("--schema=\"{schema}\""))
         .args(["--format=custom", "--no-owner", "--no-privileges"])
@@ -227,15 +229,14 @@ pub(crate) async fn dump_schema(
     run_tool(cmd, "pg_dump", &format!("dumping {schema} from {db}")).await
 }
 
-/// A PostgreSQL client tool connected to `db` as the admin role: the binary
-/// next to the server binaries when installed, else from PATH. The password
-/// goes in `PGPASSWORD`, never on the command line.
-pub(crate) fn pg_tool(config: &Config, program: &str, db: &str) -> Command {
+/// A PostgreSQL client tool connected to `db` on `cluster` as its admin
+/// role: the binary next to the server binaries when installed, else from
+/// PATH. The password goes in `PGPASSWORD`, never on the command line.
+pub(crate) fn pg_tool(b: &Cluster, program: &str, db: &str) -> Command {
     let path = super::cluster::server_bin_dir()
         .map(|dir| dir.join(program))
         .filter(|p| p.is_file())
         .unwrap_or_else(|| PathBuf::from(program));
-    let b = &config.backend;
     let mut cmd = Command::new(path);
     cmd.arg(format!("--host={}", b.host))
         .arg(format!("--port={}", b.port))

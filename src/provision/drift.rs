@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::tenant::TenantId;
 
 use super::migrate::TEMPLATE_SCHEMA;
-use super::{admin_connect, db_err, ProvisionError};
+use super::{admin_connect, cluster_connect, db_err, tenant_cluster, ProvisionError};
 
 /// One difference between a tenant schema and the template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,16 +76,17 @@ pub struct TenantDrift {
 
 /// Compares every active or suspended tenant (or only `only`) with
 /// `tenant_template` in every service database. The template must exist:
-/// `pgtenant migrate` builds it.
+/// `pgtenant migrate` builds it, on the shared cluster; a dedicated
+/// tenant's schema is read on its own cluster and compared with that one.
 pub async fn drift(
     config: &Config,
     only: Option<&TenantId>,
 ) -> Result<Vec<TenantDrift>, ProvisionError> {
     let b = &config.backend;
     let registry = admin_connect(config, &b.registry_database).await?;
-    let tenants: Vec<String> = registry
+    let tenants: Vec<(String, Option<String>)> = registry
         .query(
-            "SELECT id FROM commons.tenants
+            "SELECT id, nullif(backend, '') FROM commons.tenants
              WHERE status IN ('active', 'suspended') AND ($1::text IS NULL OR id = $1)
              ORDER BY id",
             &[&only.map(|t| t.as_str())],
@@ -93,7 +94,7 @@ pub async fn drift(
         .await
         .map_err(db_err("listing tenants"))?
         .iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     if let Some(id) = only {
         if tenants.is_empty() {
@@ -109,9 +110,16 @@ pub async fn drift(
                 "{db} has no {TEMPLATE_SCHEMA} schema to compare with; run `pgtenant migrate` first"
             )));
         }
-        for tenant in &tenants {
+        for (tenant, backend) in &tenants {
             let schema = format!("tenant_{tenant}");
-            let items = schema_items(&client, &schema).await?;
+            let items = match backend {
+                None => schema_items(&client, &schema).await?,
+                Some(_) => {
+                    let cluster = tenant_cluster(config, tenant, backend.as_deref())?;
+                    let there = cluster_connect(&cluster, db).await?;
+                    schema_items(&there, &schema).await?
+                }
+            };
             report.push(TenantDrift {
                 database: db.clone(),
                 tenant: tenant.clone(),

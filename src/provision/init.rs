@@ -4,9 +4,9 @@
 //! It leaves tenants (schemas, roles, migrations) to [`crate::provision::tenant`].
 //! Everything here is idempotent: running it again changes nothing.
 
-use crate::config::Config;
+use crate::config::{Cluster, Config};
 
-use super::{admin_connect, db_err, quote_ident, ProvisionError};
+use super::{admin_connect, cluster_connect, db_err, quote_ident, ProvisionError};
 
 /// The registry schema, applied to `backend.registry_database`.
 pub const REGISTRY_SQL: &str = include_str!("../../sql/registry.sql");
@@ -19,8 +19,34 @@ const INIT_LOCK_KEY: i64 = 0x7067_7465_6e01;
 
 /// Creates the registry and service databases if missing, applies the
 /// registry and service SQL, and revokes PUBLIC's access to the registry
-/// database (it holds password secrets). Safe to run any number of times.
+/// database (it holds password secrets); then the same service databases on
+/// every dedicated cluster (`[backends]`). Safe to run any number of times.
 pub async fn init(config: &Config) -> Result<(), ProvisionError> {
+    init_shared(config).await?;
+    for cluster in config.clusters().iter().filter(|c| c.name.is_some()) {
+        init_dedicated(config, cluster).await?;
+    }
+    Ok(())
+}
+
+/// The service databases and their `commons` on a dedicated cluster, which
+/// holds no registry. Idempotent; `tenant create --tier dedicated` runs it
+/// too, so a new `[backends]` entry needs no `init` of its own.
+pub async fn init_dedicated(config: &Config, cluster: &Cluster) -> Result<(), ProvisionError> {
+    let maintenance = cluster_connect(cluster, &cluster.maintenance_database).await?;
+    for db in &config.backend.databases {
+        ensure_database(&maintenance, db).await?;
+    }
+    drop(maintenance);
+    for db in &config.backend.databases {
+        apply_sql(cluster, db, "sql/service.sql", SERVICE_SQL).await?;
+    }
+    tracing::info!(cluster = %cluster.describe(), databases = ?config.backend.databases, "init done");
+    Ok(())
+}
+
+/// The registry and service databases of the shared cluster.
+async fn init_shared(config: &Config) -> Result<(), ProvisionError> {
     let b = &config.backend;
     let mut maintenance = admin_connect(config, &b.maintenance_database).await?;
     let mut wanted: Vec<&String> = vec![&b.registry_database];
@@ -39,15 +65,16 @@ pub async fn init(config: &Config) -> Result<(), ProvisionError> {
     super::tenant::run_under_grant_lock(&mut maintenance, &revoke, context).await?;
     drop(maintenance);
 
+    let shared = b.shared_cluster();
     apply_sql(
-        config,
+        &shared,
         &b.registry_database,
         "sql/registry.sql",
         REGISTRY_SQL,
     )
     .await?;
     for db in &b.databases {
-        apply_sql(config, db, "sql/service.sql", SERVICE_SQL).await?;
+        apply_sql(&shared, db, "sql/service.sql", SERVICE_SQL).await?;
     }
     tracing::info!(registry = %b.registry_database, databases = ?b.databases, "init done");
     Ok(())
@@ -75,14 +102,26 @@ async fn ensure_database(client: &tokio_postgres::Client, db: &str) -> Result<()
             tracing::info!(database = db, "created database");
             Ok(())
         }
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => Ok(()),
+        // A concurrent creator won: 42P04, or 23505 when both passed the
+        // catalog's uniqueness check at once.
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE)
+                || e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(db_err(format!("creating database {db}"))(e)),
     }
 }
 
 /// Runs `sql` in `db` in one transaction, serialised by an advisory lock.
-async fn apply_sql(config: &Config, db: &str, name: &str, sql: &str) -> Result<(), ProvisionError> {
-    let mut client = admin_connect(config, db).await?;
+async fn apply_sql(
+    cluster: &Cluster,
+    db: &str,
+    name: &str,
+    sql: &str,
+) -> Result<(), ProvisionError> {
+    let mut client = cluster_connect(cluster, db).await?;
     let tx = client
         .transaction()
         .await

@@ -18,7 +18,7 @@ use crate::tenant::id::{AccessLevel, TenantId};
 
 use super::tenant::lock_tenant;
 use super::tenant::run_under_grant_lock;
-use super::{admin_connect, db_err, quote_ident, ProvisionError};
+use super::{admin_connect, cluster_connect, db_err, quote_ident, tenant_cluster, ProvisionError};
 
 /// How long a drop waits for the tenant roles' sessions to go after they were terminated.
 const TERMINATE_WAIT: Duration = Duration::from_secs(10);
@@ -143,9 +143,11 @@ pub async fn show_tenant(config: &Config, id: &TenantId) -> Result<TenantDetails
         )
         .await
         .map_err(db_err(format!("reading migrations of {id}")))?;
+    let backend: Option<String> = row.get(5);
+    let cluster = tenant_cluster(config, id.as_str(), backend.as_deref())?;
     let mut schemas = Vec::new();
     for db in &config.backend.databases {
-        let client = admin_connect(config, db).await?;
+        let client = cluster_connect(&cluster, db).await?;
         let stats = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1),
@@ -174,7 +176,7 @@ pub async fn show_tenant(config: &Config, id: &TenantId) -> Result<TenantDetails
     }
     Ok(TenantDetails {
         summary: summary(&row),
-        backend: row.get(5),
+        backend,
         config: row.get(6),
         updated: row.get(7),
         users: row.get(8),
@@ -271,7 +273,15 @@ pub async fn drop_tenant(
         .await
         .map_err(db_err(format!("reading tenant {id}")))?
         .map(|r| r.get(0));
-    let roles = existing_roles(&registry, id).await?;
+    let backend = super::registered_backend(&registry, id.as_str()).await?;
+    let cluster = tenant_cluster(config, id.as_str(), backend.as_deref())?;
+    // Roles and sessions are cluster-wide: seen from the tenant's cluster.
+    let dedicated = match cluster.name {
+        Some(_) => Some(cluster_connect(&cluster, &cluster.roles_database).await?),
+        None => None,
+    };
+    let on_cluster = dedicated.as_ref().unwrap_or(&registry);
+    let roles = existing_roles(on_cluster, id).await?;
     if previous.is_none() && roles.is_empty() {
         return Err(ProvisionError::UnknownTenant(id.to_string()));
     }
@@ -309,19 +319,19 @@ pub async fn drop_tenant(
             }
         }
     }
-    report.terminated_sessions = terminate_sessions(&registry, id, &roles).await?;
+    report.terminated_sessions = terminate_sessions(on_cluster, id, &roles).await?;
     // Views over the tenant's tables go first (it is `dropping` now, so they
     // leave it out); DROP SCHEMA ... CASCADE would take them whole otherwise.
     super::admin_views::rebuild_admin_views(config).await?;
 
-    let admin = quote_ident(&b.admin_user);
+    let admin = quote_ident(&cluster.admin_user);
     let role_list = roles
         .iter()
         .map(|r| quote_ident(r))
         .collect::<Vec<_>>()
         .join(", ");
     let mut databases: Vec<&String> = b.databases.iter().collect();
-    if !databases.contains(&&b.registry_database) {
+    if cluster.name.is_none() && !databases.contains(&&b.registry_database) {
         databases.push(&b.registry_database);
     }
     for db in databases {
@@ -337,14 +347,14 @@ pub async fn drop_tenant(
                 "REASSIGN OWNED BY {role_list} TO {admin};\nDROP OWNED BY {role_list};\n"
             ));
         }
-        let mut client = admin_connect(config, db).await?;
+        let mut client = cluster_connect(&cluster, db).await?;
         // DROP OWNED revokes rights on the database and in `commons`, the same
         // catalog rows every tenant creation grants on: take turns with them.
         let context = format!("dropping tenant {id} from {db}");
         run_under_grant_lock(&mut client, &sql, context).await?;
     }
     if !roles.is_empty() {
-        registry
+        on_cluster
             .batch_execute(&format!("DROP ROLE IF EXISTS {role_list}"))
             .await
             .map_err(db_err(format!("dropping roles of tenant {id}")))?;

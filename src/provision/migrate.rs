@@ -20,7 +20,9 @@ use crate::tenant::id::TenantId;
 
 use super::tenant::lock_tenant;
 use super::tenant::{checksum, migration_files};
-use super::{admin_connect, db_err, io_err, quote_ident, ProvisionError};
+use super::{
+    admin_connect, cluster_connect, db_err, io_err, quote_ident, tenant_cluster, ProvisionError,
+};
 
 /// The reference schema kept in every service database, migrated like a
 /// tenant. `template` is a reserved tenant id, so no tenant can own it.
@@ -123,26 +125,27 @@ pub enum MigrateEvent<'a> {
 #[derive(Debug, Clone)]
 enum Target {
     Template,
-    Tenant(TenantId),
+    /// A tenant, with its registry row's `backend` (`None`: shared cluster).
+    Tenant(TenantId, Option<String>),
 }
 
 impl Target {
     fn tracking_id(&self) -> &str {
         match self {
             Target::Template => TEMPLATE_ID,
-            Target::Tenant(id) => id.as_str(),
+            Target::Tenant(id, _) => id.as_str(),
         }
     }
     fn schema(&self) -> String {
         match self {
             Target::Template => TEMPLATE_SCHEMA.to_string(),
-            Target::Tenant(id) => id.schema(),
+            Target::Tenant(id, _) => id.schema(),
         }
     }
     fn label(&self) -> String {
         match self {
             Target::Template => "template".to_string(),
-            Target::Tenant(id) => id.to_string(),
+            Target::Tenant(id, _) => id.to_string(),
         }
     }
 }
@@ -296,22 +299,26 @@ async fn select_targets(
     only: &[TenantId],
 ) -> Result<Vec<Target>, ProvisionError> {
     let rows = registry
-        .query("SELECT id, status FROM commons.tenants ORDER BY id", &[])
+        .query(
+            "SELECT id, status, nullif(backend, '') FROM commons.tenants ORDER BY id",
+            &[],
+        )
         .await
         .map_err(db_err("listing tenants to migrate"))?;
-    let status: HashMap<String, String> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let status: HashMap<String, (String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
     let servable = |s: &str| s == "active" || s == "suspended";
     if only.is_empty() {
         let mut targets = Vec::new();
-        for (id, s) in rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-        {
+        for r in &rows {
+            let (id, s): (String, String) = (r.get(0), r.get(1));
             if !servable(&s) {
                 continue;
             }
             match TenantId::parse(&id) {
-                Ok(id) => targets.push(Target::Tenant(id)),
+                Ok(id) => targets.push(Target::Tenant(id, r.get(2))),
                 // Inserted by hand past the registry's check; never served either.
                 Err(e) => tracing::warn!(error = %e, "registry row skipped"),
             }
@@ -321,14 +328,14 @@ async fn select_targets(
     let mut targets = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for id in only.iter().filter(|id| seen.insert(id.as_str())) {
-        match status.get(id.as_str()).map(String::as_str) {
+        match status.get(id.as_str()) {
             None => return Err(ProvisionError::UnknownTenant(id.to_string())),
-            Some(s) if !servable(s) => {
+            Some((s, _)) if !servable(s) => {
                 return Err(ProvisionError::Invalid(format!(
                     "tenant {id} is {s}; only active or suspended tenants are migrated (`pgtenant tenant create {id}` finishes a provisioning one)"
                 )))
             }
-            Some(_) => targets.push(Target::Tenant(id.clone())),
+            Some((_, backend)) => targets.push(Target::Tenant(id.clone(), backend.clone())),
         }
     }
     Ok(targets)
@@ -344,13 +351,17 @@ async fn migrate_target(
     outcome: &mut TargetOutcome,
 ) -> Result<(), ProvisionError> {
     let registry = admin_connect(config, &config.backend.registry_database).await?;
-    if let Target::Tenant(id) = target {
-        // The same lock as `tenant create` and `tenant drop`: never both at once.
-        lock_tenant(&registry, id).await?;
-    }
+    let cluster = match target {
+        Target::Template => config.backend.shared_cluster(),
+        Target::Tenant(id, backend) => {
+            // The same lock as `tenant create` and `tenant drop`: never both at once.
+            lock_tenant(&registry, id).await?;
+            tenant_cluster(config, id.as_str(), backend.as_deref())?
+        }
+    };
     let schema = target.schema();
     for db in databases {
-        let mut client = admin_connect(config, db).await?;
+        let mut client = cluster_connect(&cluster, db).await?;
         let exists: bool = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
@@ -370,7 +381,7 @@ async fn migrate_target(
                     .await
                     .map_err(db_err(format!("creating schema {schema} in {db}")))?,
                 Target::Template => {}
-                Target::Tenant(id) => {
+                Target::Tenant(id, _) => {
                     return Err(ProvisionError::Invalid(format!(
                         "tenant {id}: schema {schema} is missing in {db}; `pgtenant tenant create {id}` recreates it"
                     )))

@@ -26,7 +26,7 @@ pub use admin_views::{rebuild_admin_views, ViewsReport};
 pub use backup::backup_tenant;
 pub use cluster::{server_binaries_available, ClusterOptions, LocalCluster};
 pub use drift::{drift, Difference, TenantDrift};
-pub use init::init;
+pub use init::{init, init_dedicated};
 pub use lifecycle::{
     drop_tenant, list_tenants, resume_tenant, show_tenant, suspend_tenant, suspend_tenant_now,
     TenantDetails, TenantSummary,
@@ -38,11 +38,11 @@ pub use migrate_status::{
 };
 pub use quickstart::prepare;
 pub use restore::restore_tenant;
-pub use tenant::{add_user, create_tenant};
+pub use tenant::{add_user, create_tenant, create_tenant_on, Tier};
 
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Cluster, Config};
 
 /// Why a provisioning step failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,31 +133,39 @@ pub fn quote_literal(value: &str) -> String {
     }
 }
 
-/// Connects to `dbname` on the configured backend as the admin role and spawns
-/// the connection task. `backend.host` may be a Unix socket directory (a path
-/// starting with `/`). Notices below WARNING are suppressed.
+/// Connects to `dbname` on the shared cluster (`[backend]`, which holds the
+/// registry) as the admin role; see [`cluster_connect`].
 pub async fn admin_connect(
     config: &Config,
     dbname: &str,
 ) -> Result<tokio_postgres::Client, ProvisionError> {
-    let b = &config.backend;
+    cluster_connect(&config.backend.shared_cluster(), dbname).await
+}
+
+/// Connects to `dbname` on `cluster` as its admin role and spawns the
+/// connection task. The host may be a Unix socket directory (a path
+/// starting with `/`). Notices below WARNING are suppressed.
+pub async fn cluster_connect(
+    cluster: &Cluster,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, ProvisionError> {
     let mut pg = tokio_postgres::Config::new();
-    pg.host(&b.host)
-        .port(b.port)
-        .user(&b.admin_user)
+    pg.host(&cluster.host)
+        .port(cluster.port)
+        .user(&cluster.admin_user)
         .dbname(dbname)
         .application_name("pgtenant-provision")
         .options("-c client_min_messages=warning")
         .connect_timeout(Duration::from_secs(10));
-    if !b.admin_password.is_empty() {
-        pg.password(&b.admin_password);
+    if !cluster.admin_password.is_empty() {
+        pg.password(&cluster.admin_password);
     }
     let (client, connection) = pg
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(db_err(format!(
             "connecting to database {dbname} at {}:{} as {}",
-            b.host, b.port, b.admin_user
+            cluster.host, cluster.port, cluster.admin_user
         )))?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -165,6 +173,36 @@ pub async fn admin_connect(
         }
     });
     Ok(client)
+}
+
+/// The cluster of tenant `id`, whose registry row names `backend` (`None`:
+/// the shared cluster); an error when this configuration has no such
+/// `[backends]` entry.
+pub(crate) fn tenant_cluster(
+    config: &Config,
+    id: &str,
+    backend: Option<&str>,
+) -> Result<Cluster, ProvisionError> {
+    config.cluster(backend).ok_or_else(|| {
+        ProvisionError::Invalid(format!(
+            "tenant {id} lives on backend {:?}, which is not configured: add [backends.{}] to the configuration",
+            backend.unwrap_or_default(),
+            backend.unwrap_or_default()
+        ))
+    })
+}
+
+/// The `backend` column of tenant `id`'s registry row (`None`: shared, or
+/// no such tenant).
+pub(crate) async fn registered_backend(
+    registry: &tokio_postgres::Client,
+    id: &str,
+) -> Result<Option<String>, ProvisionError> {
+    Ok(registry
+        .query_opt("SELECT backend FROM commons.tenants WHERE id = $1", &[&id])
+        .await
+        .map_err(db_err(format!("reading the backend of tenant {id}")))?
+        .and_then(|r| r.get(0)))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 
 use std::path::Path;
 
-use crate::config::Config;
+use crate::config::{Cluster, Config};
 use crate::tenant::id::TenantId;
 
 use super::backup::{
@@ -27,7 +27,9 @@ use super::backup::{
 use super::init::SERVICE_SQL;
 use super::tenant::lock_tenant;
 use super::tenant::{ensure_roles, grant};
-use super::{admin_connect, db_err, io_err, quote_ident, ProvisionError};
+use super::{
+    admin_connect, cluster_connect, db_err, io_err, quote_ident, tenant_cluster, ProvisionError,
+};
 
 /// Restores the backup in `dir` as tenant `as_id` (default: the id backed
 /// up), which must not exist yet: registry row (status `provisioning` until
@@ -60,6 +62,8 @@ pub async fn restore_tenant(
         }
     }
 
+    let backend = rows.tenant.get("backend").and_then(|v| v.as_str());
+    let cluster = tenant_cluster(config, new.as_str(), backend)?;
     let registry = admin_connect(config, &b.registry_database).await?;
     let mut locks = vec![orig.to_string(), new.to_string()];
     locks.sort();
@@ -81,7 +85,7 @@ pub async fn restore_tenant(
         )));
     }
     for d in &manifest.databases {
-        if schema_exists(config, &d.database, &new.schema()).await? {
+        if schema_exists(&cluster, &d.database, &new.schema()).await? {
             return Err(ProvisionError::Invalid(format!(
                 "schema {} already exists in {} though tenant {new} is not registered; drop it first",
                 new.schema(),
@@ -106,27 +110,34 @@ pub async fn restore_tenant(
         )
         .await
         .map_err(db_err(format!("registering tenant {new}")))?;
-    ensure_roles(config, &registry, &new).await?;
+    // Roles are cluster-wide: made where the tenant's schemas go.
+    match cluster.name {
+        None => ensure_roles(config, &registry, &new).await?,
+        Some(_) => {
+            let roles = cluster_connect(&cluster, &cluster.roles_database).await?;
+            ensure_roles(config, &roles, &new).await?;
+        }
+    }
 
     for d in &manifest.databases {
         let db = &d.database;
         if let Some(file) = &d.file {
             let file = dir.join(file);
-            if new == orig || !schema_exists(config, db, &orig.schema()).await? {
-                restore_file(config, db, &file).await?;
+            if new == orig || !schema_exists(&cluster, db, &orig.schema()).await? {
+                restore_file(&cluster, db, &file).await?;
                 if new != orig {
-                    rename_schema(config, db, &orig.schema(), &new.schema()).await?;
+                    rename_schema(&cluster, db, &orig.schema(), &new.schema()).await?;
                 }
             } else {
-                restore_via_scratch(config, db, &file, &orig, &new).await?;
+                restore_via_scratch(&cluster, db, &file, &orig, &new).await?;
             }
         } else {
             // The tenant had no schema there; give it an empty one, as create would.
-            let client = admin_connect(config, db).await?;
-            super::tenant::ensure_schema(&client, db, &new, &b.admin_user).await?;
+            let client = cluster_connect(&cluster, db).await?;
+            super::tenant::ensure_schema(&client, db, &new, &cluster.admin_user).await?;
         }
-        let mut client = admin_connect(config, db).await?;
-        grant(&mut client, db, &new, &b.admin_user).await?;
+        let mut client = cluster_connect(&cluster, db).await?;
+        grant(&mut client, db, &new, &cluster.admin_user).await?;
     }
 
     let retag = |items: &[serde_json::Value]| -> serde_json::Value {
@@ -183,8 +194,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Provision
     })
 }
 
-async fn schema_exists(config: &Config, db: &str, schema: &str) -> Result<bool, ProvisionError> {
-    let client = admin_connect(config, db).await?;
+async fn schema_exists(cluster: &Cluster, db: &str, schema: &str) -> Result<bool, ProvisionError> {
+    let client = cluster_connect(cluster, db).await?;
     Ok(client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)",
@@ -196,8 +207,8 @@ async fn schema_exists(config: &Config, db: &str, schema: &str) -> Result<bool, 
 }
 
 /// `pg_restore` of a dump into `db`, in one transaction, stopping at the first error.
-async fn restore_file(config: &Config, db: &str, file: &Path) -> Result<(), ProvisionError> {
-    let mut cmd = pg_tool(config, "pg_restore", db);
+async fn restore_file(cluster: &Cluster, db: &str, file: &Path) -> Result<(), ProvisionError> {
+    let mut cmd = pg_tool(cluster, "pg_restore", db);
     cmd.args([
         "--single-transaction",
         "--exit-on-error",
@@ -214,12 +225,12 @@ async fn restore_file(config: &Config, db: &str, file: &Path) -> Result<(), Prov
 }
 
 async fn rename_schema(
-    config: &Config,
+    cluster: &Cluster,
     db: &str,
     from: &str,
     to: &str,
 ) -> Result<(), ProvisionError> {
-    admin_connect(config, db)
+    cluster_connect(cluster, db)
         .await?
         .batch_execute(&format!(
             "ALTER SCHEMA {} RENAME TO {}",
@@ -233,7 +244,7 @@ async fn rename_schema(
 /// Restores `file` as `tenant_<new>` into `db` through a scratch database,
 /// for when `tenant_<orig>` is in use in `db`.
 async fn restore_via_scratch(
-    config: &Config,
+    cluster: &Cluster,
     db: &str,
     file: &Path,
     orig: &TenantId,
@@ -242,21 +253,21 @@ async fn restore_via_scratch(
     let suffix: u32 = rand::random();
     let scratch = format!("pgtenant_restore_{}_{suffix:08x}", std::process::id());
     let renamed = std::env::temp_dir().join(format!("{scratch}.dump"));
-    let maintenance = admin_connect(config, &config.backend.maintenance_database).await?;
+    let maintenance = cluster_connect(cluster, &cluster.maintenance_database).await?;
     maintenance
         .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&scratch)))
         .await
         .map_err(db_err(format!("creating scratch database {scratch}")))?;
     let result = async {
-        admin_connect(config, &scratch)
+        cluster_connect(cluster, &scratch)
             .await?
             .batch_execute(SERVICE_SQL)
             .await
             .map_err(db_err(format!("preparing scratch database {scratch}")))?;
-        restore_file(config, &scratch, file).await?;
-        rename_schema(config, &scratch, &orig.schema(), &new.schema()).await?;
-        dump_schema(config, &scratch, &new.schema(), &renamed).await?;
-        restore_file(config, db, &renamed).await
+        restore_file(cluster, &scratch, file).await?;
+        rename_schema(cluster, &scratch, &orig.schema(), &new.schema()).await?;
+        dump_schema(cluster, &scratch, &new.schema(), &renamed).await?;
+        restore_file(cluster, db, &renamed).await
     }
     .await;
     let _ = std::fs::remove_file(&renamed);

@@ -15,34 +15,101 @@ use crate::config::Config;
 use crate::tenant::id::{role_password, AccessLevel, TenantId};
 
 use super::migrate::{apply_pending, load_migrations};
-use super::{admin_connect, db_err, io_err, quote_ident, quote_literal, ProvisionError};
+use super::{
+    admin_connect, cluster_connect, db_err, io_err, quote_ident, quote_literal, tenant_cluster,
+    ProvisionError,
+};
 
 /// Advisory lock key serialising the grant step of concurrent tenant creations.
 pub(crate) const GRANT_LOCK_KEY: i64 = 0x7067_7465_6e02;
 
+/// Where a tenant's schemas and roles live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier<'a> {
+    /// The shared cluster (`[backend]`), beside the registry.
+    Shared,
+    /// A cluster of its own, named in `[backends]`.
+    Dedicated(&'a str),
+}
+
+impl<'a> Tier<'a> {
+    /// The tier asked for by a `--tier` / `--backend` pair (or the API's
+    /// `tier` / `backend` fields): `None` when neither is given; a backend
+    /// implies `dedicated`, and `dedicated` needs one.
+    pub fn requested(
+        tier: Option<&str>,
+        backend: Option<&'a str>,
+    ) -> Result<Option<Tier<'a>>, ProvisionError> {
+        match (tier, backend) {
+            (None, None) => Ok(None),
+            (Some("shared"), None) => Ok(Some(Tier::Shared)),
+            (None | Some("dedicated"), Some(name)) => Ok(Some(Tier::Dedicated(name))),
+            (Some("dedicated"), None) => Err(ProvisionError::Invalid(
+                "a dedicated tenant needs a backend (--backend NAME, one of [backends])".into(),
+            )),
+            (Some("shared"), Some(_)) => Err(ProvisionError::Invalid(
+                "a shared tenant lives on [backend]; a backend name is for --tier dedicated".into(),
+            )),
+            (Some(other), _) => Err(ProvisionError::Invalid(format!(
+                "unknown tier {other:?}: shared or dedicated"
+            ))),
+        }
+    }
+
+    /// The registry's `tier` and `backend` columns.
+    fn columns(self) -> (&'static str, Option<String>) {
+        match self {
+            Tier::Shared => ("shared", None),
+            Tier::Dedicated(name) => ("dedicated", Some(name.to_string())),
+        }
+    }
+}
+
 /// Provisions tenant `id` (display name `name`; an empty name keeps the stored
-/// one): registry row (status `provisioning` while new), roles `tenant_<id>_rw`
-/// and `tenant_<id>_ro` with passwords derived from `backend.tenant_role_secret`,
-/// schema `tenant_<id>` in every service database with all pending migrations
-/// and the grants, then status `active`. Re-running it on an existing tenant
-/// applies only what is missing; a suspended tenant stays suspended.
+/// one) on the shared cluster, or where it already lives; see [`create_tenant_on`].
 pub async fn create_tenant(
     config: &Config,
     id: &TenantId,
     name: &str,
 ) -> Result<(), ProvisionError> {
+    create_tenant_on(config, id, name, None).await
+}
+
+/// Provisions tenant `id` on `tier` (`None`: where it already lives, the
+/// shared cluster for a new one): registry row (status `provisioning` while
+/// new), roles `tenant_<id>_rw` and `tenant_<id>_ro` with passwords derived
+/// from `backend.tenant_role_secret`, schema `tenant_<id>` in every service
+/// database of its cluster with all pending migrations and the grants, then
+/// status `active`. Re-running it on an existing tenant applies only what is
+/// missing; a suspended tenant stays suspended. A tenant is never moved to
+/// another cluster: a `tier` other than the stored one is refused.
+pub async fn create_tenant_on(
+    config: &Config,
+    id: &TenantId,
+    name: &str,
+    tier: Option<Tier<'_>>,
+) -> Result<(), ProvisionError> {
     let b = &config.backend;
+    if let Some(Tier::Dedicated(backend)) = tier {
+        if config.cluster(Some(backend)).is_none() {
+            return Err(ProvisionError::Invalid(format!(
+                "backend {backend:?} is not configured: add [backends.{backend}] with its host and port"
+            )));
+        }
+    }
     let registry = admin_connect(config, &b.registry_database).await?;
     // Session-level lock: one provisioning run per tenant at a time; released on disconnect.
     lock_tenant(&registry, id).await?;
 
+    let (tier_name, backend) = tier.unwrap_or(Tier::Shared).columns();
     let row = registry
         .query_one(
-            "INSERT INTO commons.tenants (id, name, status) VALUES ($1, $2, 'provisioning')
+            "INSERT INTO commons.tenants (id, name, status, tier, backend)
+             VALUES ($1, $2, 'provisioning', $3, $4)
              ON CONFLICT (id) DO UPDATE
                  SET name = CASE WHEN EXCLUDED.name = '' THEN commons.tenants.name ELSE EXCLUDED.name END
-             RETURNING status",
-            &[&id.as_str(), &name],
+             RETURNING status, tier, backend",
+            &[&id.as_str(), &name, &tier_name, &backend],
         )
         .await
         .map_err(db_err(format!("registering tenant {id}")))?;
@@ -52,12 +119,30 @@ pub async fn create_tenant(
             "tenant {id} is being dropped; finish the drop before creating it again"
         )));
     }
+    let stored: (String, Option<String>) = (row.get(1), row.get(2));
+    if tier.is_some() && (stored.0.as_str(), &stored.1) != (tier_name, &backend) {
+        return Err(ProvisionError::Invalid(format!(
+            "tenant {id} exists as {} tenant{}; moving a tenant to another cluster is not supported",
+            stored.0,
+            stored.1.map(|n| format!(" on backend {n}")).unwrap_or_default()
+        )));
+    }
+    let cluster = tenant_cluster(config, id.as_str(), stored.1.as_deref())?;
+    if cluster.name.is_some() {
+        super::init::init_dedicated(config, &cluster).await?;
+    }
 
-    ensure_roles(config, &registry, id).await?;
+    // Roles are cluster-wide: made once, where the tenant's schemas live.
+    if cluster.name.is_none() {
+        ensure_roles(config, &registry, id).await?;
+    } else {
+        let roles = cluster_connect(&cluster, &cluster.roles_database).await?;
+        ensure_roles(config, &roles, id).await?;
+    }
     for db in &b.databases {
         let files = load_migrations(config, db)?;
-        let mut client = admin_connect(config, db).await?;
-        ensure_schema(&client, db, id, &b.admin_user).await?;
+        let mut client = cluster_connect(&cluster, db).await?;
+        ensure_schema(&client, db, id, &cluster.admin_user).await?;
         apply_pending(
             &registry,
             &mut client,
@@ -68,7 +153,7 @@ pub async fn create_tenant(
             false,
         )
         .await?;
-        grant(&mut client, db, id, &b.admin_user).await?;
+        grant(&mut client, db, id, &cluster.admin_user).await?;
         // Shared tables made since init get their row-level security too.
         run_under_grant_lock(
             &mut client,
@@ -86,7 +171,7 @@ pub async fn create_tenant(
         .await
         .map_err(db_err(format!("activating tenant {id}")))?;
     super::admin_views::rebuild_admin_views(config).await?;
-    tracing::info!(tenant = %id, "tenant provisioned");
+    tracing::info!(tenant = %id, cluster = %cluster.describe(), "tenant provisioned");
     Ok(())
 }
 
@@ -315,6 +400,31 @@ pub(crate) async fn run_under_grant_lock(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requested_tiers() {
+        assert_eq!(Tier::requested(None, None).unwrap(), None);
+        assert_eq!(
+            Tier::requested(Some("shared"), None).unwrap(),
+            Some(Tier::Shared)
+        );
+        assert_eq!(
+            Tier::requested(None, Some("eu1")).unwrap(),
+            Some(Tier::Dedicated("eu1"))
+        );
+        assert_eq!(
+            Tier::requested(Some("dedicated"), Some("eu1")).unwrap(),
+            Some(Tier::Dedicated("eu1"))
+        );
+        for (tier, backend) in [
+            (Some("dedicated"), None),
+            (Some("shared"), Some("eu1")),
+            (Some("gold"), None),
+        ] {
+            let e = Tier::requested(tier, backend).unwrap_err().to_string();
+            assert!(e.contains("dedicated"), "{e}");
+        }
+    }
 
     #[test]
     fn checksum_is_sha256_hex() {

@@ -28,7 +28,7 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::auth::{self, AuthError, Secret};
 use crate::config::{seconds, Config, PoolMode, SslMode};
 use crate::net::Stream;
-use crate::pool::{PoolError, PoolKey, PoolLimits, PooledBackend, Pools};
+use crate::pool::{BackendAddr, PoolError, PoolKey, PoolLimits, PooledBackend, Pools};
 use crate::protocol::{
     messages, read_startup, ErrorFields, ProtocolError, SqlState, StartupPacket, StartupParams,
 };
@@ -161,6 +161,9 @@ enum SessionError {
     NotConsoleUser(String),
     #[error("no such database: {0}")]
     UnknownDatabase(String),
+    /// A dedicated tenant whose `[backends]` entry this proxy lacks.
+    #[error("tenant \"{0}\" lives on backend {1:?}, which this proxy has no [backends] entry for")]
+    UnknownBackend(String, String),
 }
 
 impl SessionError {
@@ -188,6 +191,7 @@ impl SessionError {
                 SqlState::INVALID_AUTHORIZATION_SPECIFICATION
             }
             Self::Disabled(_) => SqlState::CANNOT_CONNECT_NOW,
+            Self::UnknownBackend(..) => SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
         };
         // Internals (hosts, server messages at login) stay in the log.
         let message = match self {
@@ -195,6 +199,7 @@ impl SessionError {
                 "could not open a server connection".to_string()
             }
             Self::Registry(_) => "the tenant registry is not reachable; try again".to_string(),
+            Self::UnknownBackend(..) => "could not open a server connection".to_string(),
             other => other.to_string(),
         };
         ErrorFields::fatal(code, message)
@@ -575,9 +580,22 @@ async fn login(
         return Err(AuthError::Failed(resolved.user.clone()).into());
     }
 
+    let server = match &info.backend {
+        None => None,
+        Some(name) => {
+            let cluster = config.cluster(Some(name)).ok_or_else(|| {
+                SessionError::UnknownBackend(resolved.tenant.to_string(), name.clone())
+            })?;
+            Some(Arc::new(BackendAddr {
+                host: cluster.host,
+                port: cluster.port,
+            }))
+        }
+    };
     let limits = PoolLimits {
         size: info.pool_size,
         statement_timeout: info.statement_timeout.clone(),
+        server,
         ..PoolLimits::default()
     };
     Ok(Login::Done(Box::new(Authenticated {

@@ -67,6 +67,9 @@ pub struct TenantInfo {
     pub max_clients: Option<usize>,
     /// `shared` or `dedicated`.
     pub tier: String,
+    /// A dedicated tenant's cluster: a `[backends]` name; `None` for the
+    /// shared cluster.
+    pub backend: Option<String>,
     /// Suspended with `--now`: its connections are closed, not only refused.
     pub disconnect_clients: bool,
 }
@@ -130,7 +133,7 @@ const RELOADED_BACKLOG: usize = 256;
 /// `to_jsonb` so a registry that `pgtenant init` has not upgraded yet still loads.
 const TENANT_COLUMNS: &str = "id, status, (config->>'pool_size'), (config->>'pool_mode'), \
      (config->>'statement_timeout'), (config->>'max_clients'), tier::text, \
-     (to_jsonb(t)->>'disconnect_clients')";
+     (to_jsonb(t)->>'disconnect_clients'), nullif(backend, '')";
 
 impl Registry {
     /// Connects, loads every tenant, and keeps the cache current until
@@ -473,6 +476,7 @@ fn tenant_from_row(row: &tokio_postgres::Row) -> Option<TenantInfo> {
         max_clients,
         tier: row.get::<_, Option<String>>(6).unwrap_or_default(),
         disconnect_clients: row.get::<_, Option<&str>>(7) == Some("true"),
+        backend: row.get(8),
     })
 }
 
