@@ -407,6 +407,25 @@ async fn tenant_command(config: &Config, action: TenantCommand) -> Result<()> {
                     })
                     .collect(),
             );
+            println!();
+            if t.server_connections.is_empty() {
+                println!("no server connections");
+            } else {
+                print_table(
+                    &["database", "role", "state", "connections"],
+                    t.server_connections
+                        .iter()
+                        .map(|c| {
+                            vec![
+                                c.database.clone(),
+                                c.role.clone(),
+                                c.state.clone(),
+                                c.count.to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
             Ok(())
         }
         TenantCommand::Suspend { id, now } => {

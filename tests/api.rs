@@ -584,6 +584,39 @@ async fn a_new_pool_size_applies_to_connected_clients() {
     proxy.shutdown(Duration::ZERO).await;
 }
 
+#[tokio::test]
+async fn show_has_the_pools_and_server_connections() {
+    let config = common::config();
+    tenant(&config, "api_pools").await;
+    let proxy = start_proxy(config).await;
+    let shown = api(&proxy, "GET", "/tenants/api_pools", None).await;
+    assert_eq!(shown.status, 200, "{}", shown.body);
+    assert_eq!(shown.json()["pools"], json!([]), "{}", shown.body);
+    assert_eq!(
+        shown.json()["server_connections"],
+        json!([]),
+        "{}",
+        shown.body
+    );
+
+    // Session pooling: the client holds one server connection.
+    let (client, _handle) = watched_client(&proxy, "api_pools").await;
+    assert_eq!(one_value(&client, "SELECT 1").await, "1");
+    let shown = api(&proxy, "GET", "/tenants/api_pools", None).await.json();
+    assert_eq!(
+        shown["pools"],
+        json!([{"database": "crm_db", "access": "rw", "size": 20,
+                "server_connections": 1, "idle": 0, "waiting": 0, "clients": 1}]),
+        "{shown}"
+    );
+    let sessions = &shown["server_connections"];
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{shown}");
+    assert_eq!(sessions[0]["database"], "crm_db", "{shown}");
+    assert_eq!(sessions[0]["role"], "tenant_api_pools_rw", "{shown}");
+    assert_eq!(sessions[0]["count"], 1, "{shown}");
+    proxy.shutdown(Duration::ZERO).await;
+}
+
 /// Paths of `docs/openapi.yaml`, with their methods, through PyYAML.
 fn openapi_paths() -> Vec<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");

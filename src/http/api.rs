@@ -19,6 +19,56 @@ use super::HttpState;
 use crate::provision::{self, lifecycle};
 use crate::tenant::{TenantId, TenantStatus};
 
+/// One of a tenant's pools in the proxy that answers `GET /tenants/{id}`.
+#[derive(Debug, Serialize)]
+struct PoolState {
+    database: String,
+    /// `rw` or `ro`.
+    access: &'static str,
+    size: usize,
+    /// Server connections open or opening.
+    server_connections: usize,
+    idle: usize,
+    /// Clients waiting for a server connection.
+    waiting: usize,
+    /// Clients logged in to this pool.
+    clients: usize,
+}
+
+/// `tenant show`'s answer plus this proxy's pools of the tenant.
+#[derive(Debug, Serialize)]
+struct Shown {
+    #[serde(flatten)]
+    details: lifecycle::TenantDetails,
+    pools: Vec<PoolState>,
+}
+
+/// This proxy's pools of tenant `id`, by database and access level.
+fn pool_states(state: &HttpState, id: &TenantId) -> Vec<PoolState> {
+    let clients = state.ctx.client_list.all();
+    let mut pools: Vec<PoolState> = state
+        .ctx
+        .pools
+        .views()
+        .into_iter()
+        .filter(|v| v.key.tenant() == Some(id))
+        .map(|v| PoolState {
+            access: v.key.access().suffix(),
+            size: v.size,
+            server_connections: v.open,
+            idle: v.idle,
+            waiting: v.waiting,
+            clients: clients
+                .iter()
+                .filter(|c| c.pool.as_ref() == Some(&v.key))
+                .count(),
+            database: v.key.database,
+        })
+        .collect();
+    pools.sort_by(|a, b| (&a.database, a.access).cmp(&(&b.database, b.access)));
+    pools
+}
+
 /// How long a status change waits for this proxy to hear of it before answering.
 const HEAR_LIMIT: Duration = Duration::from_secs(5);
 
@@ -194,7 +244,8 @@ pub async fn show(
     no_query(q.as_deref())?;
     let id = tenant_id(&id)?;
     let details = provision::show_tenant(&state.ctx.config(), &id).await?;
-    json(StatusCode::OK, &details)
+    let pools = pool_states(&state, &id);
+    json(StatusCode::OK, &Shown { details, pools })
 }
 
 /// `PATCH /tenants/{id}`: a new name and/or settings merged into the

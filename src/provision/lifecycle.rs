@@ -55,6 +55,20 @@ pub struct SchemaDetails {
     pub migrations: Vec<String>,
 }
 
+/// Server connections logged in as one of a tenant's roles, as PostgreSQL
+/// sees them (every proxy's pools, and anyone else logged in as the role).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerConnections {
+    /// The service database.
+    pub database: String,
+    /// `tenant_<id>_rw` or `tenant_<id>_ro`.
+    pub role: String,
+    /// `pg_stat_activity.state`: `active`, `idle`, `idle in transaction`, ...
+    pub state: String,
+    /// How many.
+    pub count: i64,
+}
+
 /// What `pgtenant tenant show` prints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TenantDetails {
@@ -67,6 +81,8 @@ pub struct TenantDetails {
     pub config: serde_json::Value,
     /// Last change of the registry row, UTC.
     pub updated: String,
+    /// Its server connections on its cluster now, by database, role and state.
+    pub server_connections: Vec<ServerConnections>,
     /// Client users in `commons.tenant_users`.
     pub users: i64,
     /// One entry per configured service database.
@@ -174,8 +190,31 @@ pub async fn show_tenant(config: &Config, id: &TenantId) -> Result<TenantDetails
                 .collect(),
         });
     }
+    let roles = [
+        id.role(AccessLevel::ReadWrite),
+        id.role(AccessLevel::ReadOnly),
+    ];
+    let server_connections = cluster_connect(&cluster, &cluster.roles_database)
+        .await?
+        .query(
+            "SELECT datname::text, usename::text, coalesce(state, 'unknown'), count(*)
+             FROM pg_catalog.pg_stat_activity WHERE usename = ANY($1)
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            &[&roles.as_slice()],
+        )
+        .await
+        .map_err(db_err(format!("reading the server connections of {id}")))?
+        .iter()
+        .map(|r| ServerConnections {
+            database: r.get(0),
+            role: r.get(1),
+            state: r.get(2),
+            count: r.get(3),
+        })
+        .collect();
     Ok(TenantDetails {
         summary: summary(&row),
+        server_connections,
         backend,
         config: row.get(6),
         updated: row.get(7),
