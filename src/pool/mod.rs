@@ -120,8 +120,9 @@ pub struct PoolLimits {
     /// startup packet (so `RESET ALL` keeps it), e.g. `30s`.
     pub statement_timeout: Option<String>,
     /// Passthrough: what new connections log in with, from the client's
-    /// `auth_file` secret (tenant pools derive their role's password).
-    pub credential: Arc<Credential>,
+    /// `auth_file` secret; `None` (no password) for tenant pools, which
+    /// derive their role's password.
+    pub credential: Option<Arc<Credential>>,
     /// Passthrough: the server database, when it is not `PoolKey::database`.
     pub server_database: Option<String>,
     /// A dedicated tenant's cluster; `None` for `[backend]`.
@@ -466,7 +467,8 @@ impl Pools {
                     let database = limits.server_database.as_deref().unwrap_or(&key.database);
                     let startup = [("user", user.as_str()), ("database", database)];
                     let tls = self.server_tls.as_deref();
-                    Backend::connect(&addr, tls, &startup, &limits.credential).await
+                    let credential = limits.credential.as_deref().unwrap_or(&Credential::None);
+                    Backend::connect(&addr, tls, &startup, credential).await
                 }
             }
         };

@@ -13,13 +13,13 @@ use crate::net::Stream;
 use crate::protocol::{ErrorFields, SqlState};
 
 /// Relays until either side leaves, then returns or closes the backend.
-pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context) -> Ending {
+pub(super) async fn serve(mut client: Stream, ready: Box<Ready>, ctx: &Context) -> Ending {
     let Ready {
         mut backend,
         key,
         tenant,
         ..
-    } = ready;
+    } = super::pooled::unbox(ready);
     let (addr, backend_key) = {
         let b = backend.backend();
         (b.addr.clone(), b.key)

@@ -218,7 +218,7 @@ struct Ready {
     /// a tenant's limits are read again at each checkout.
     pool_limits: PoolLimits,
     /// Its settings: startup ones plus every reported parameter's value.
-    settings: Vec<(String, String)>,
+    settings: settings::Settings,
     /// When its backend goes back to the pool.
     mode: PoolMode,
 }
@@ -297,7 +297,8 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
         // future is as large as its largest state, and idle clients are many.
         let attempt = Box::pin(login(&mut client, ctx, binding.as_deref()));
         match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(Login::Done(authed))) => break *authed,
+            // Kept boxed: the session's future holds it until attach.
+            Ok(Ok(Login::Done(authed))) => break authed,
             Ok(Ok(Login::Cancel)) => return Ending::CancelRequest,
             Ok(Ok(Login::Console(user))) => {
                 let listed = ctx.client_list.add(clients::NewClient {
@@ -366,8 +367,7 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
             }
             mode => {
                 entry.set_state(clients::ClientState::Idle);
-                // Boxed: an async fn keeps its arguments as well as their moved parts.
-                pooled::serve(client, Box::new(ready), ctx, mode, entry).await
+                pooled::serve(client, ready, ctx, mode, entry).await
             }
         }
     };
@@ -658,7 +658,7 @@ struct Authenticated {
     /// The user name it authenticated as (without its tenant part).
     user: String,
     /// Its checked settings.
-    wanted: Vec<(String, String)>,
+    wanted: settings::Settings,
 }
 
 /// Gets the authenticated client its first backend (waiting in the pool's
@@ -667,8 +667,8 @@ struct Authenticated {
 async fn attach(
     client: &mut Stream,
     ctx: &Context,
-    authed: Authenticated,
-) -> Result<Ready, SessionError> {
+    authed: Box<Authenticated>,
+) -> Result<Box<Ready>, SessionError> {
     let config = ctx.config();
     let Authenticated {
         pool_key: key,
@@ -677,7 +677,7 @@ async fn attach(
         pool_mode,
         wanted,
         ..
-    } = authed;
+    } = *authed;
     let mut buf = BytesMut::with_capacity(1024);
     let mut backend = ctx.pools.checkout(&key, &limits).await?;
     if let Err(e) = settings::apply(backend.backend(), &wanted).await {
@@ -699,17 +699,20 @@ async fn attach(
     }
     // The client now has every reported value it was sent; in transaction
     // pooling they follow it to each backend it gets.
-    let mut settings = wanted;
-    for (name, value) in &backend.backend().params {
-        if txn::TRACKED_PARAMS.contains(&name.as_str()) && !settings.iter().any(|(n, _)| n == name)
-        {
-            settings.push((name.clone(), value.clone()));
-        }
-    }
+    let reported = backend.backend().params.iter().filter(|(name, _)| {
+        txn::TRACKED_PARAMS.contains(&name.as_str()) && wanted.get(name).is_none()
+    });
+    let settings = settings::Settings::from_pairs(
+        wanted
+            .iter()
+            .chain(reported.map(|(n, v)| (n.as_str(), v.as_str()))),
+    );
     let mode = pool_mode
         .or_else(|| config.pool.database_pool_modes.get(&key.database).copied())
         .unwrap_or(config.pool.pool_mode);
-    Ok(Ready {
+    // Boxed: the session's future would otherwise keep room for it
+    // while the client is served.
+    Ok(Box::new(Ready {
         backend,
         key: cancel_key,
         tenant,
@@ -717,7 +720,7 @@ async fn attach(
         pool_limits: limits,
         settings,
         mode,
-    })
+    }))
 }
 
 /// Finds the user's secret: the auth file first, then the registry.

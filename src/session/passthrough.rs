@@ -73,7 +73,7 @@ pub(super) async fn login(
         return Err(AuthError::Failed(user).into());
     };
     let limits = PoolLimits {
-        credential: Arc::new(Credential::from_client(&secret, proved)),
+        credential: Some(Arc::new(Credential::from_client(&secret, proved))),
         server_database: config.backend.server_databases.get(&database).cloned(),
         ..PoolLimits::default()
     };

@@ -29,6 +29,12 @@ fn fatal(code: SqlState, message: &str) -> (ErrorFields, Option<String>) {
     (ErrorFields::fatal(code, message), None)
 }
 
+/// Moves a `Ready` out of its box and frees the box now: moving fields out
+/// of a box in place would keep its allocation until the session ends.
+pub(super) fn unbox(ready: Box<Ready>) -> Ready {
+    *ready
+}
+
 /// Serves a logged-in client in `mode` until it leaves, and says why it left.
 pub(super) async fn serve(
     mut client: Stream,
@@ -45,7 +51,7 @@ pub(super) async fn serve(
         mut pool_limits,
         settings: client_settings,
         ..
-    } = *ready;
+    } = unbox(ready);
     let cache = std::sync::Arc::clone(backend.statements());
     backend.release_as_is();
     let mut state = ClientState {
@@ -249,9 +255,11 @@ impl Turn<'_> {
         entry.set_state(Listed::Idle);
         // Reported parameters changed during the period hold on this connection too.
         let backend = pooled.backend();
-        for (name, value) in &state.params {
+        for (name, value) in state.params.iter() {
             if let Some(slot) = backend.params.iter_mut().find(|(n, _)| n == name) {
-                slot.1.clone_from(value);
+                if slot.1 != value {
+                    value.clone_into(&mut slot.1);
+                }
             }
         }
         match end {

@@ -8,6 +8,69 @@ use crate::protocol::{SqlState, StartupParams};
 
 use super::{is_connection_param, SessionError};
 
+/// A client's settings: (name, value) pairs packed into one allocation as
+/// `name\0value\0...`. An idle client holds its settings for its whole
+/// session and idle clients are the many, where a `Vec<(String, String)>`
+/// would cost one allocation per name and per value. Names and values come
+/// from NUL-terminated protocol strings, so they hold no NUL themselves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    packed: Box<str>,
+}
+
+impl Settings {
+    /// Packs `pairs`; a later pair replaces an earlier one of the same
+    /// name. A name or value holding a NUL is left out.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
+        let mut kept: Vec<(&str, &str)> = Vec::new();
+        for (name, value) in pairs {
+            if name.contains('\0') || value.contains('\0') {
+                continue;
+            }
+            match kept.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => kept.push((name, value)),
+            }
+        }
+        let mut packed =
+            String::with_capacity(kept.iter().map(|(n, v)| n.len() + v.len() + 2).sum());
+        for (name, value) in kept {
+            packed.push_str(name);
+            packed.push('\0');
+            packed.push_str(value);
+            packed.push('\0');
+        }
+        Settings {
+            packed: packed.into(),
+        }
+    }
+
+    /// Every (name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        pairs_of(&self.packed)
+    }
+
+    /// The value of `name` (exact name, as the server reports it).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Sets `name` to `value`, replacing its old value or adding it last.
+    /// Rare (a `ParameterStatus` that changed), so it repacks.
+    pub fn set(&mut self, name: &str, value: &str) {
+        if self.get(name) != Some(value) {
+            let updated = Settings::from_pairs(self.iter().chain([(name, value)]));
+            *self = updated;
+        }
+    }
+}
+
+/// The (name, value) pairs of a packed string.
+fn pairs_of(packed: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut parts = packed.split_terminator('\0');
+    std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+}
+
 /// The settings a client asked for, checked: names are plain GUC names and
 /// none is in `protected` (the tenant-confining settings in tenant mode,
 /// none in passthrough). `Err` carries the message for the client.
@@ -15,8 +78,8 @@ pub(crate) fn wanted(
     params: &StartupParams,
     option_settings: &[(String, String)],
     protected: &[&str],
-) -> Result<Vec<(String, String)>, String> {
-    let mut out: Vec<(String, String)> = Vec::new();
+) -> Result<Settings, String> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
     let from_startup = params.0.iter().filter(|(k, _)| !is_connection_param(k));
     for (name, value) in from_startup.chain(option_settings.iter()) {
         let valid = !name.is_empty()
@@ -32,21 +95,18 @@ pub(crate) fn wanted(
             ));
         }
         out.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        out.push((name.clone(), value.clone()));
+        out.push((name, value));
     }
-    Ok(out)
+    Ok(Settings::from_pairs(out))
 }
 
 /// Brings the backend's settings to `wanted` in one round trip: sets those
 /// that differ from what the backend reports (or what the proxy set on it
 /// earlier), and resets settings an earlier client had the proxy set.
-pub(crate) async fn apply(
-    backend: &mut Backend,
-    wanted: &[(String, String)],
-) -> Result<(), SessionError> {
-    let sets: Vec<&(String, String)> = wanted
+pub(crate) async fn apply(backend: &mut Backend, wanted: &Settings) -> Result<(), SessionError> {
+    let sets: Vec<(&str, &str)> = wanted
         .iter()
-        .filter(|(name, value)| current(backend, name) != Some(value.as_str()))
+        .filter(|(name, value)| current(backend, name) != Some(value))
         .collect();
     let resets: Vec<String> = backend
         .applied
@@ -85,7 +145,7 @@ pub(crate) async fn apply(
                     backend
                         .applied
                         .retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-                    backend.applied.push((name.clone(), value.clone()));
+                    backend.applied.push((name.to_string(), value.to_string()));
                 }
             }
             Ok(())
@@ -139,14 +199,38 @@ mod tests {
         ]);
         let timeout = [("statement_timeout".into(), "5s".into())];
         let w = wanted(&p, &timeout, PROTECTED_SETTINGS).unwrap();
-        assert_eq!(w.len(), 3);
+        assert_eq!(w.iter().count(), 3);
         let p = startup_params(&[("user", "a"), ("search_path", "tenant_other")]);
         let err = wanted(&p, &[], PROTECTED_SETTINGS).unwrap_err();
         assert!(err.contains("managed by pgtenant"));
         // Passthrough protects nothing: the client's search_path is its own.
-        assert_eq!(wanted(&p, &[], &[]).unwrap().len(), 1);
+        assert_eq!(wanted(&p, &[], &[]).unwrap().iter().count(), 1);
         let p = startup_params(&[("user", "a"), ("bad name';--", "x")]);
         assert!(wanted(&p, &[], &[]).is_err());
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn packed_settings() {
+        let mut s = Settings::from_pairs([("a", "1"), ("TimeZone", "UTC"), ("a", "2"), ("e", "")]);
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            [("a", "2"), ("TimeZone", "UTC"), ("e", "")]
+        );
+        assert_eq!(s.get("TimeZone"), Some("UTC"));
+        assert_eq!(s.get("timezone"), None);
+        s.set("TimeZone", "Europe/Paris");
+        s.set("new", "x");
+        s.set("bad\0name", "x");
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            [
+                ("a", "2"),
+                ("TimeZone", "Europe/Paris"),
+                ("e", ""),
+                ("new", "x")
+            ]
+        );
+        assert_eq!(Settings::default().iter().count(), 0);
     }
 }

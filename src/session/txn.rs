@@ -70,7 +70,7 @@ pub struct ClientState {
     /// The client's named statements.
     pub statements: HashMap<String, Arc<Statement>>,
     /// The client's values of [`TRACKED_PARAMS`].
-    pub params: Vec<(String, String)>,
+    pub params: super::settings::Settings,
     /// The client ran something that leaves session state on the connection.
     pub dirty: bool,
     /// The owed-response queue, kept between periods so a transaction
@@ -187,10 +187,7 @@ where
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
     {
-        match client.params.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = value,
-            None => client.params.push((name, value)),
-        }
+        client.params.set(&name, &value);
     }
     end
 }
