@@ -538,8 +538,9 @@ pub struct PoolConfig {
     /// it was. 0: forever. Default 3600.
     pub server_lifetime: f64,
     /// Seconds a client may sit inside a transaction without sending
-    /// anything before it is disconnected (25P03), in transaction and
-    /// statement mode. 0: no limit. Default 0.
+    /// anything (with no reply owed) before it is disconnected (25P03) and
+    /// its server connection closed, in every pool mode. 0: no limit.
+    /// Default 0. Reload applies to clients that log in afterwards.
     pub idle_transaction_timeout: f64,
     /// Seconds a client may stay connected without sending anything while it
     /// holds no server connection, before it is disconnected (57P05), in

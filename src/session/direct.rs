@@ -9,6 +9,7 @@ use tracing::debug;
 use super::events::{self, Ending};
 use super::relay::{relay, RelayEnd, RelayState};
 use super::{Context, Ready, TenantGate};
+use crate::config::optional_seconds;
 use crate::net::Stream;
 use crate::protocol::{ErrorFields, SqlState};
 
@@ -36,12 +37,14 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context) -> En
     };
     let stats = std::sync::Arc::clone(backend.pool());
     let meter = crate::stats::Meter::new(&stats.stats);
+    let idle_limit = optional_seconds(ctx.config().pool.idle_transaction_timeout);
     let end = relay(
         &mut client,
         &mut backend.backend().stream,
         &mut state,
         &gate,
         &meter,
+        idle_limit,
     )
     .await;
     ctx.cancels.remove(key);
@@ -72,6 +75,15 @@ pub(super) async fn serve(mut client: Stream, ready: Ready, ctx: &Context) -> En
             drop(backend);
             ending
         }
+        RelayEnd::IdleTransactionTimeout => {
+            // Between messages both ways: the error cannot land inside one.
+            // The connection closes with its transaction, never reused.
+            let error = ErrorFields::idle_transaction_timeout();
+            ctx.errors.record(error.code.code());
+            events::send_error(&mut client, log, &error, None).await;
+            drop(backend);
+            Ending::Failed(error)
+        }
         RelayEnd::BackendGone | RelayEnd::BackendCorrupt => {
             let why = relay_reason(&end);
             let mut ending = Ending::Closed(why);
@@ -99,5 +111,6 @@ fn relay_reason(end: &RelayEnd) -> &'static str {
         RelayEnd::ClientCorrupt => "client sent a malformed message",
         RelayEnd::BackendGone => "server connection lost",
         RelayEnd::BackendCorrupt => "server sent a malformed message",
+        RelayEnd::IdleTransactionTimeout => "idle_transaction_timeout",
     }
 }

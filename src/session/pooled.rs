@@ -283,10 +283,7 @@ impl Turn<'_> {
             }
             TxnEnd::IdleTransactionTimeout => {
                 drop(pooled);
-                return Some(Err(fatal(
-                    SqlState("25P03"),
-                    "idle_transaction_timeout: closing a connection idle inside a transaction",
-                )));
+                return Some(Err((ErrorFields::idle_transaction_timeout(), None)));
             }
             TxnEnd::TransactionInStatementMode => {
                 drop(pooled);
