@@ -6,15 +6,16 @@
 //! scanner walks the 5-byte headers inside each chunk to learn just what the
 //! proxy must know (the client's Terminate, how many replies are owed, the
 //! backend's transaction status) without copying or allocating per message.
-//! What each direction found is published for the other in a few relaxed
-//! atomics (`Progress`), so that the client's side can tell a client that
-//! sits idle inside a transaction (`idle_transaction_timeout`).
+//! What each direction found is published for the other (`boundary`), so
+//! that the relay can tell a client that sits idle inside a transaction
+//! (`idle_transaction_timeout`) and end a session at its next idle
+//! boundary when asked to (its tenant was suspended).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+
+use super::boundary::{read_or_idle, Closer, Progress};
 
 use crate::net::Stream;
 use crate::protocol::tag;
@@ -130,6 +131,9 @@ pub enum RelayEnd {
     /// The client sent nothing for `idle_transaction_timeout` while inside
     /// a transaction, with nothing owed either way.
     IdleTransactionTimeout,
+    /// The `Closer` asked for the end, and the session came to rest outside
+    /// a transaction: both ways between messages, nothing owed.
+    Closing,
 }
 
 /// Both directions' scanners after the relay stopped.
@@ -151,113 +155,6 @@ impl RelayState {
     }
 }
 
-/// What each direction last published for the other: written after each
-/// chunk is scanned (marked unsettled) and again once it is forwarded, so a
-/// reader never takes half-forwarded bytes for a boundary. Relaxed atomics:
-/// both directions run in one task, and no lock is taken per message.
-#[derive(Debug)]
-struct Progress {
-    /// Whether the time of each ReadyForQuery is wanted (a timeout is set).
-    timed: bool,
-    started: Instant,
-    /// Client to server: messages that each end with one ReadyForQuery.
-    syncs: AtomicU64,
-    /// The client's messages so far were forwarded whole.
-    client_settled: AtomicBool,
-    /// Server to client: ReadyForQuery messages forwarded.
-    ready: AtomicU64,
-    /// The status byte of the last one.
-    status: AtomicU8,
-    /// The server's messages so far were forwarded whole.
-    backend_settled: AtomicBool,
-    /// When the last ReadyForQuery was forwarded, in microseconds after `started`.
-    ready_at_us: AtomicU64,
-}
-
-impl Progress {
-    fn new(state: &RelayState, timed: bool) -> Progress {
-        Progress {
-            timed,
-            started: Instant::now(),
-            syncs: AtomicU64::new(state.client.syncs),
-            client_settled: AtomicBool::new(state.client.at_boundary()),
-            ready: AtomicU64::new(state.backend.ready),
-            status: AtomicU8::new(state.backend.last_status),
-            backend_settled: AtomicBool::new(state.backend.at_boundary()),
-            ready_at_us: AtomicU64::new(0),
-        }
-    }
-
-    /// A chunk was scanned and is about to be forwarded.
-    fn scanned(&self, scanner: &Scanner, client: bool) {
-        if client {
-            self.syncs.store(scanner.syncs, Relaxed);
-            self.client_settled.store(false, Relaxed);
-        } else {
-            self.backend_settled.store(false, Relaxed);
-        }
-    }
-
-    /// What was scanned has been forwarded.
-    fn forwarded(&self, scanner: &Scanner, client: bool) {
-        if client {
-            self.client_settled.store(scanner.at_boundary(), Relaxed);
-            return;
-        }
-        if self.timed && self.ready.load(Relaxed) != scanner.ready {
-            let at = self.started.elapsed().as_micros() as u64;
-            self.ready_at_us.store(at, Relaxed);
-        }
-        self.ready.store(scanner.ready, Relaxed);
-        self.status.store(scanner.last_status, Relaxed);
-        self.backend_settled.store(scanner.at_boundary(), Relaxed);
-    }
-
-    /// The server's transaction status when nothing is owed either way and
-    /// both directions are between messages; `None` while anything is under way.
-    fn settled(&self) -> Option<u8> {
-        let quiet = self.client_settled.load(Relaxed)
-            && self.backend_settled.load(Relaxed)
-            && self.syncs.load(Relaxed) == self.ready.load(Relaxed);
-        quiet.then(|| self.status.load(Relaxed))
-    }
-
-    /// When the last ReadyForQuery was forwarded.
-    fn ready_at(&self) -> Instant {
-        self.started + Duration::from_micros(self.ready_at_us.load(Relaxed))
-    }
-}
-
-/// Reads the next bytes from `rx`. With `limit` (the client's side and
-/// `idle_transaction_timeout`), `None` once the client has sent nothing for
-/// that long while inside a transaction (the server last said `T` or `E`)
-/// with nothing owed. Cancel safe.
-async fn read_or_idle<R: AsyncRead + Unpin>(
-    rx: &mut R,
-    buf: &mut [u8],
-    limit: Option<Duration>,
-    progress: &Progress,
-) -> Option<std::io::Result<usize>> {
-    let Some(limit) = limit else {
-        return Some(rx.read(buf).await);
-    };
-    let since = Instant::now();
-    let mut wait = limit;
-    loop {
-        if let Ok(read) = tokio::time::timeout(wait, rx.read(buf)).await {
-            return Some(read);
-        }
-        wait = limit;
-        if matches!(progress.settled(), Some(b'T' | b'E')) {
-            let quiet = since.max(progress.ready_at()).elapsed();
-            if quiet >= limit {
-                return None;
-            }
-            wait = limit - quiet;
-        }
-    }
-}
-
 /// Decides whether a notification may reach this client: LISTEN/NOTIFY
 /// channels are per database in PostgreSQL, shared by every tenant's schema,
 /// so a notification sent by another tenant's session must not be delivered.
@@ -269,16 +166,19 @@ pub trait NotificationGate: Sync {
 /// Largest notification the gate reads whole (PostgreSQL caps payloads at 8000 bytes).
 const MAX_NOTIFICATION: usize = 64 * 1024;
 
-/// Relays until either side ends, or the client sits inside a transaction
-/// without a word for `idle_transaction_timeout`. `state.backend.last_status`
-/// must hold the status of the ReadyForQuery the client was last sent.
-pub async fn relay<G: NotificationGate>(
+/// Relays until either side ends, the client sits inside a transaction
+/// without a word for `idle_transaction_timeout`, or `closer` asks for the
+/// end and the session is at rest outside a transaction.
+/// `state.backend.last_status` must hold the status of the ReadyForQuery
+/// the client was last sent.
+pub async fn relay<G: NotificationGate, C: Closer>(
     client: &mut Stream,
     backend: &mut Stream,
     state: &mut RelayState,
     gate: &G,
     meter: &Meter<'_>,
     idle_transaction_timeout: Option<Duration>,
+    closer: &C,
 ) -> RelayEnd {
     let progress = Progress::new(state, idle_transaction_timeout.is_some());
     let (mut client_rx, mut client_tx) = client.split();
@@ -296,47 +196,54 @@ pub async fn relay<G: NotificationGate>(
         meter,
         progress: &progress,
         idle_limit: idle_transaction_timeout,
+        closer,
     };
     let backend_side = Side {
         gate: Some(gate),
         meter,
         progress: &progress,
         idle_limit: None,
+        closer,
     };
     tokio::select! {
         end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, &client_side) => end,
         end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, &backend_side) => end,
+        end = super::boundary::watch(closer, &progress) => end,
     }
 }
 
 /// What one direction of the relay needs besides its streams.
-struct Side<'a, 'm, G> {
+struct Side<'a, 'm, G, C> {
     /// `Some` for the backend-to-client direction.
     gate: Option<&'a G>,
     meter: &'a Meter<'m>,
     progress: &'a Progress,
     /// The client-to-backend direction: `idle_transaction_timeout`.
     idle_limit: Option<Duration>,
+    /// Asked at the server's ReadyForQuery when a close is pending.
+    closer: &'a C,
 }
 
 /// Copies one direction; `side.gate` is `Some` for the backend-to-client one.
-async fn pump<R, W, G>(
+async fn pump<R, W, G, C>(
     rx: &mut R,
     tx: &mut W,
     buf: &mut [u8],
     scanner: &mut Scanner,
-    side: &Side<'_, '_, G>,
+    side: &Side<'_, '_, G, C>,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
     G: NotificationGate,
+    C: Closer,
 {
     let Side {
         gate,
         meter,
         progress,
         idle_limit,
+        closer,
     } = *side;
     let client = gate.is_none();
     let (gone_here, gone_there, corrupt) = if client {
@@ -412,6 +319,9 @@ where
             if !scanner.want_status {
                 meter.ready(scanner.ready - reported, scanner.last_status);
                 reported = scanner.ready;
+            }
+            if super::boundary::closes_here(closer, progress) {
+                return RelayEnd::Closing;
             }
         }
     }
@@ -526,6 +436,7 @@ mod tests {
                 meter: &meter,
                 progress: &progress,
                 idle_limit: None,
+                closer: &super::super::boundary::Never,
             };
             let end = pump(&mut rx, &mut out, &mut buf, &mut scanner, &side).await;
             assert_eq!(end, RelayEnd::BackendGone);
@@ -534,30 +445,6 @@ mod tests {
             let counted = stats.snapshot();
             assert_eq!((counted.query_count, counted.xact_count), (1, 1));
             assert_eq!(counted.sent, expected.len() as u64, "bytes sent");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_client_quiet_inside_a_transaction_is_found_idle() {
-        let mut state = RelayState::default();
-        state.backend.last_status = b'T';
-        let progress = Progress::new(&state, true);
-        let limit = Some(Duration::from_millis(50));
-        let (mut quiet, _keep) = tokio::io::duplex(64);
-        let mut buf = [0u8; 16];
-        let read = read_or_idle(&mut quiet, &mut buf, limit, &progress).await;
-        assert!(read.is_none(), "idle inside a transaction");
-        // Outside a transaction, or with a reply owed, it waits on.
-        for (status, syncs) in [(b'I', 0), (b'T', 1)] {
-            state.backend.last_status = status;
-            state.client.syncs = syncs;
-            let progress = Progress::new(&state, true);
-            let read = tokio::time::timeout(
-                Duration::from_millis(300),
-                read_or_idle(&mut quiet, &mut buf, limit, &progress),
-            )
-            .await;
-            assert!(read.is_err(), "status {status}, syncs {syncs}");
         }
     }
 
