@@ -33,6 +33,40 @@ async fn sessions(roles: &[String], database: Option<&str>) -> i64 {
         .get(0)
 }
 
+/// Sessions of `roles` (to `database`, or to any) that PostgreSQL shows
+/// and the proxy still holds open after looking: a session the proxy has
+/// just closed may linger in `pg_stat_activity` while its process exits,
+/// and is not one the proxy holds.
+async fn held(proxy: &Proxy, roles: &[String], database: Option<&str>) -> i64 {
+    let pids: Vec<i32> = admin("postgres")
+        .await
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE usename = ANY($1) \
+             AND ($2::text IS NULL OR datname = $2)",
+            &[&roles, &database],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let open: std::collections::HashSet<i32> = proxy
+        .context()
+        .pools
+        .controls()
+        .servers()
+        .iter()
+        .map(|s| s.pid)
+        .collect();
+    pids.iter().filter(|p| open.contains(p)).count() as i64
+}
+
+/// Waits (bounded) until PostgreSQL shows at most `most` sessions of
+/// `roles` (those the proxy closed last have exited).
+async fn settles_at_most(roles: &[String], database: Option<&str>, most: i64) -> bool {
+    eventually(LIMIT, || async { sessions(roles, database).await <= most }).await
+}
+
 fn limited(database: usize, user: usize) -> Config {
     let mut config = config();
     config.pool.pool_mode = PoolMode::Transaction;
@@ -131,10 +165,10 @@ async fn max_db_connections_caps_one_database_across_tenants() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let in_postgres = sample(Arc::clone(&stop), {
-        let roles = roles.clone();
+        let (roles, proxy) = (roles.clone(), Arc::clone(&proxy));
         move || {
-            let roles = roles.clone();
-            async move { sessions(&roles, Some("crm_db")).await }
+            let (roles, proxy) = (roles.clone(), Arc::clone(&proxy));
+            async move { held(&proxy, &roles, Some("crm_db")).await }
         }
     });
     let in_proxy = sample(Arc::clone(&stop), {
@@ -196,7 +230,7 @@ async fn a_client_held_back_by_max_db_connections_is_served_at_release() {
         .expect("the waiter is served once a connection is released")
         .unwrap();
     let roles = vec![rw("lim_wait_a"), rw("lim_wait_b")];
-    assert!(sessions(&roles, Some("crm_db")).await <= 2);
+    assert!(settles_at_most(&roles, Some("crm_db"), 2).await);
     assert_eq!(one_value(&waiter, "SELECT 2").await, "2");
 }
 
@@ -234,7 +268,7 @@ async fn an_idle_connection_moves_to_a_tenant_held_back_by_the_cap() {
     let taker = client(&proxy, "lim_idle_b", "crm_db").await;
     assert_eq!(one_value(&taker, "SELECT 1").await, "1");
     let roles = vec![rw("lim_idle_a"), rw("lim_idle_b")];
-    assert!(sessions(&roles, Some("crm_db")).await <= 2);
+    assert!(settles_at_most(&roles, Some("crm_db"), 2).await);
 }
 
 #[tokio::test]
@@ -256,13 +290,13 @@ async fn min_pool_size_and_reserve_pool_stay_within_max_db_connections() {
     // Both pools want one warm connection; the database allows one. Several
     // rounds of the warmer later, still one.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert!(sessions(&roles, Some("crm_db")).await <= 1);
+    assert!(settles_at_most(&roles, Some("crm_db"), 1).await);
 
     // A client past reserve_pool_timeout gets no reserve connection beyond the cap.
     a.batch_execute("BEGIN; SELECT 1").await.unwrap();
     let e = b.batch_execute("SELECT 1").await.unwrap_err();
     assert_eq!(sqlstate(&e), "53300", "{e}");
-    assert!(sessions(&roles, Some("crm_db")).await <= 1);
+    assert!(settles_at_most(&roles, Some("crm_db"), 1).await);
     a.batch_execute("COMMIT").await.unwrap();
 }
 
@@ -294,10 +328,20 @@ async fn max_user_connections_caps_one_role_across_databases() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let in_postgres = sample(Arc::clone(&stop), {
-        let role = role.clone();
+        let (role, proxy) = (role.clone(), Arc::clone(&proxy));
         move || {
-            let role = role.clone();
-            async move { sessions(&role, None).await }
+            let (role, proxy) = (role.clone(), Arc::clone(&proxy));
+            async move { held(&proxy, &role, None).await }
+        }
+    });
+    let in_proxy = sample(Arc::clone(&stop), {
+        let proxy = Arc::clone(&proxy);
+        move || {
+            let n = proxy
+                .context()
+                .pools
+                .server_connections_of("", &rw("lim_user_a"));
+            async move { n.1 as i64 }
         }
     });
     let both = [("lim_user_a", "crm_db"), ("lim_user_a", "product_db")];
@@ -309,9 +353,10 @@ async fn max_user_connections_caps_one_role_across_databases() {
     };
     let (failed, _others) = tokio::join!(hammer(&proxy, &both, 3, 25), others);
     stop.store(true, Ordering::Relaxed);
-    let peak = in_postgres.await.unwrap();
+    let (peak, peak_proxy) = (in_postgres.await.unwrap(), in_proxy.await.unwrap());
     assert!(failed.is_empty(), "clients were not served: {failed:?}");
     assert!(peak <= 2, "PostgreSQL saw {peak} sessions of {role:?}");
+    assert_eq!(peak_proxy, 2, "the load reached the cap");
     assert_eq!(sessions(&[rw("lim_user_b")], None).await, 2);
 }
 
@@ -332,5 +377,5 @@ async fn max_user_connections_held_in_another_database_gives_53300_then_serves()
     crm.batch_execute("COMMIT").await.unwrap();
     let product = client(&proxy, "lim_uto", "product_db").await;
     assert_eq!(one_value(&product, "SELECT 4").await, "4");
-    assert!(sessions(&[rw("lim_uto")], None).await <= 2);
+    assert!(settles_at_most(&[rw("lim_uto")], None, 2).await);
 }
