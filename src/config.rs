@@ -526,6 +526,17 @@ pub struct PoolConfig {
     /// Server connections in all, shared fairly by every pool (see
     /// `pool::budget`); 0 for no limit. Default 0.
     pub max_server_connections: usize,
+    /// Server connections to one database, in all its pools (every tenant's,
+    /// or in passthrough every user's), as PgBouncer's `max_db_connections`;
+    /// a client whose checkout would exceed it waits (up to
+    /// `query_wait_timeout`). 0 for no limit. Default 0. Reload applies.
+    pub max_db_connections: usize,
+    /// Server connections logged in as one PostgreSQL role, in all
+    /// databases (a tenant pool's `tenant_<id>_rw` / `_ro`; in passthrough
+    /// the client's user), as PgBouncer's `max_user_connections`; a client
+    /// whose checkout would exceed it waits. 0 for no limit. Default 0.
+    /// Reload applies.
+    pub max_user_connections: usize,
     /// Seconds an idle server connection is kept; idle tenants' pools shrink
     /// to nothing. 0: forever. Default 600.
     pub server_idle_timeout: f64,
@@ -533,8 +544,9 @@ pub struct PoolConfig {
     /// it was. 0: forever. Default 3600.
     pub server_lifetime: f64,
     /// Seconds a client may sit inside a transaction without sending
-    /// anything before it is disconnected (25P03), in transaction and
-    /// statement mode. 0: no limit. Default 0.
+    /// anything (with no reply owed) before it is disconnected (25P03) and
+    /// its server connection closed, in every pool mode. 0: no limit.
+    /// Default 0. Reload applies to clients that log in afterwards.
     pub idle_transaction_timeout: f64,
     /// Seconds a client may stay connected without sending anything while it
     /// holds no server connection, before it is disconnected (57P05), in
@@ -594,6 +606,8 @@ impl Default for PoolConfig {
             reserve_pool_size: 0,
             reserve_pool_timeout: 5.0,
             max_server_connections: 0,
+            max_db_connections: 0,
+            max_user_connections: 0,
             server_idle_timeout: 600.0,
             server_lifetime: 3600.0,
             idle_transaction_timeout: 0.0,

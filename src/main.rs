@@ -174,7 +174,8 @@ enum TenantCommand {
         /// Tenant id.
         id: String,
     },
-    /// Suspend a tenant: running proxies refuse its new connections at once.
+    /// Suspend a tenant: running proxies refuse its new connections at once
+    /// and close its connected clients when their transaction ends.
     Suspend {
         /// Tenant id.
         id: String,

@@ -422,9 +422,10 @@ async fn no_token_on_a_network_address_refuses_the_api() {
     proxy.shutdown(Duration::ZERO).await;
 }
 
-/// Suspend without `now` keeps connected clients; with it, they are closed
-/// (in transaction pooling between transactions, in session pooling while
-/// holding a server connection) and nothing stays logged in as the tenant.
+/// Suspend without `now` lets a client inside a transaction go on until it
+/// ends; with it, the client is closed at once, mid-transaction (in
+/// session pooling and transaction pooling alike), and nothing stays
+/// logged in as the tenant.
 async fn suspend_now_closes_clients(tenant_id: &str, mode: PoolMode) {
     let mut config = common::config();
     config.pool.pool_mode = mode;
@@ -432,6 +433,7 @@ async fn suspend_now_closes_clients(tenant_id: &str, mode: PoolMode) {
     let proxy = start_proxy(config).await;
     let (client, handle) = watched_client(&proxy, tenant_id).await;
     assert_eq!(one_value(&client, "SELECT 1").await, "1");
+    client.batch_execute("BEGIN").await.unwrap();
 
     let path = format!("/tenants/{tenant_id}/suspend");
     let reply = api(&proxy, "POST", &path, None).await;
@@ -439,7 +441,7 @@ async fn suspend_now_closes_clients(tenant_id: &str, mode: PoolMode) {
     assert_eq!(
         one_value(&client, "SELECT 2").await,
         "2",
-        "a plain suspend keeps connected clients"
+        "a plain suspend lets an open transaction go on"
     );
     match connect(&proxy, &format!("alice@{tenant_id}"), "alice-pw", "").await {
         Ok(_) => panic!("a suspended tenant's new login was accepted"),

@@ -184,3 +184,65 @@ async fn min_pool_size_opens_connections_and_keeps_them_when_idle() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(servers().await, 2, "kept at min_pool_size while idle");
 }
+
+/// A client whose connection task reports how the proxy closed it.
+async fn watched(
+    proxy: &pgtenant::server::Proxy,
+    user: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+) {
+    let info = conninfo(proxy, user, "alice-pw", "");
+    let (client, connection) = tokio_postgres::connect(&info, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    (client, tokio::spawn(connection))
+}
+
+#[tokio::test]
+async fn idle_transaction_timeout_closes_a_session_pooled_client_idle_in_a_transaction() {
+    let mut config = config();
+    config.pool.pool_mode = PoolMode::Session;
+    config.pool.default_pool_size = 2;
+    config.pool.idle_transaction_timeout = 0.5;
+    tenant(&config, "to_idle_sess").await;
+    let proxy = start_proxy(config).await;
+    let user = "alice@to_idle_sess";
+    let (idle_outside, _outside) = watched(&proxy, user).await;
+    assert_eq!(one_value(&idle_outside, "SELECT 1").await, "1");
+    let (in_txn, connection) = watched(&proxy, user).await;
+    in_txn.batch_execute("BEGIN").await.unwrap();
+    let pid = one_value(&in_txn, "SELECT pg_backend_pid()").await;
+    // A statement that runs longer than the timeout is not idleness.
+    in_txn.batch_execute("SELECT pg_sleep(1)").await.unwrap();
+
+    let closed = tokio::time::timeout(Duration::from_secs(15), connection)
+        .await
+        .expect("the client idle inside its transaction is closed")
+        .unwrap();
+    let e = closed.expect_err("closed with an error");
+    assert_eq!(sqlstate(&e), "25P03", "{e}");
+    assert!(in_txn.simple_query("SELECT 1").await.is_err());
+
+    // Its server connection was closed, not given back...
+    let admin = admin("crm_db").await;
+    let gone = eventually(Duration::from_secs(10), || async {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid::text = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n == 0
+    })
+    .await;
+    assert!(gone, "the server connection of the closed client is gone");
+    // ... and its slot is free for the next client.
+    let next = connect(&proxy, user, "alice-pw", "").await.unwrap();
+    assert_eq!(one_value(&next, "SELECT 3").await, "3");
+    // The client idle outside a transaction all along is still served.
+    assert_eq!(one_value(&idle_outside, "SELECT 2").await, "2");
+}

@@ -134,8 +134,10 @@ const SETTINGS: &[Setting] = &[
         set: None,
     },
     count_setting!("max_client_conn", pool.max_client_conn),
+    count_setting!("max_db_connections", pool.max_db_connections),
     count_setting!("max_prepared_statements", pool.max_prepared_statements),
     count_setting!("max_server_connections", pool.max_server_connections),
+    count_setting!("max_user_connections", pool.max_user_connections),
     Setting {
         name: "pool_mode",
         get: |c| mode_name(c.pool.pool_mode),
@@ -224,6 +226,10 @@ mod tests {
         assert_eq!(n.pool.default_pool_size, 7);
         let n = set(&c, "pool_mode", "transaction").unwrap();
         assert_eq!(n.pool.pool_mode, PoolMode::Transaction);
+        let n = set(&c, "max_db_connections", "3").unwrap();
+        assert_eq!(n.pool.max_db_connections, 3);
+        let n = set(&c, "max_user_connections", "4").unwrap();
+        assert_eq!(n.pool.max_user_connections, 4);
         let n = set(&c, "stats_users", "a, b").unwrap();
         assert_eq!(n.admin.stats_users, ["a", "b"]);
         assert!(set(&c, "nope", "1").unwrap_err().contains("nope"));

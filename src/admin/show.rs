@@ -184,7 +184,7 @@ pub fn databases(ctx: &Context) -> ResultSet {
             int4(0),
             int4(0),
             mode.map(|m| mode_name(m).to_string()),
-            int4(config.pool.max_server_connections as u64),
+            int4(config.pool.max_db_connections as u64),
             int4(open.get(db).copied().unwrap_or(0)),
             int4(u64::from(controls.is_paused(db))),
             int4(u64::from(controls.is_disabled(db))),

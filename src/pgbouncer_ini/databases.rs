@@ -22,8 +22,6 @@ const DEFAULT_SOCKET_DIR: &str = "/tmp";
 pub(super) struct Databases {
     /// Settings for `backend` and `pool`.
     pub settings: Vec<Setting>,
-    /// How many named (non-`*`) databases there are.
-    pub named: usize,
 }
 
 /// Where one entry points.
@@ -200,10 +198,7 @@ pub(super) fn map(
             sources: sources_of(aliases.iter().map(|(_, _, e)| *e)),
         });
     }
-    Ok(Databases {
-        settings,
-        named: names.len(),
-    })
+    Ok(Databases { settings })
 }
 
 fn sources_of<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<(Origin, String)> {

@@ -23,8 +23,8 @@ const TLS_TUNING: &str =
 const LOGGING: &str = "not yet supported: pgtenant logs to stderr; RUST_LOG sets what is logged";
 const AUTH_QUERY: &str = "not supported: pgtenant looks users up in auth_file, then in its \
      registry (commons.tenant_users), never with a query";
-const USER_LIMITS: &str = "not supported: pgtenant limits connections per pool and in all \
-     (pool.default_pool_size, pool.max_server_connections, pool.max_client_conn)";
+const USER_LIMITS: &str = "not supported: pgtenant limits client connections in all \
+     (pool.max_client_conn) and per tenant (config.max_clients)";
 const DNS: &str = "ignored: pgtenant resolves the backend host at each connection";
 const NOT_YET: &str = "not yet supported";
 
@@ -39,6 +39,7 @@ pub const MAPPED: &[&str] = &[
     "default_pool_size",
     "max_client_conn",
     "max_db_connections",
+    "max_user_connections",
     "server_reset_query",
     "query_wait_timeout",
     "server_connect_timeout",
@@ -112,9 +113,7 @@ pub fn pgbouncer_key(key: &str) -> Option<Treatment> {
             "not supported: SCRAM secrets keep the iteration count they were made with",
         ),
 
-        "max_user_connections" | "max_user_client_connections" | "max_db_client_connections" => {
-            Unsupported(USER_LIMITS)
-        }
+        "max_user_client_connections" | "max_db_client_connections" => Unsupported(USER_LIMITS),
         "server_round_robin" => Unsupported(
             "not supported: each pool hands out its connections in its own order",
         ),
@@ -166,8 +165,8 @@ pub fn database_option(key: &str) -> Option<Treatment> {
              (a tenant's config.pool_size overrides it)",
         ),
         "max_db_connections" => Unsupported(
-            "not supported per database: pool.max_server_connections limits all \
-             databases together",
+            "not supported per database: pool.max_db_connections applies to every \
+             database alike",
         ),
         "min_pool_size" => {
             Unsupported("not supported per database: pool.min_pool_size applies to every pool")

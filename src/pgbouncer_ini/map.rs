@@ -118,7 +118,7 @@ pub fn map(ini: &IniFile, base_listen: SocketAddr, tenants: bool) -> Result<Mapp
             Some(Treatment::Ignored(why) | Treatment::Unsupported(why)) => {
                 out.warn(&e.origin, &e.key, why)
             }
-            Some(Treatment::Mapped) => map_key(&key, e, db.named, tenants, &mut out)?,
+            Some(Treatment::Mapped) => map_key(&key, e, tenants, &mut out)?,
         }
     }
     if !tenants {
@@ -311,6 +311,8 @@ const SAME_NAME: &[(&str, &str, Kind)] = &[
     ("reserve_pool_size", "pool", Kind::Count),
     ("reserve_pool_timeout", "pool", Kind::Seconds),
     ("min_pool_size", "pool", Kind::Count),
+    ("max_db_connections", "pool", Kind::Count),
+    ("max_user_connections", "pool", Kind::Count),
 ];
 
 /// PgBouncer's (and pgtenant's) sslmode names.
@@ -324,13 +326,7 @@ const SSL_MODES: [&str; 6] = [
 ];
 
 /// A mapped `[pgbouncer]` key other than the listener's.
-fn map_key(
-    key: &str,
-    e: &Entry,
-    databases: usize,
-    tenants: bool,
-    out: &mut Mapped,
-) -> Result<(), IniError> {
+fn map_key(key: &str, e: &Entry, tenants: bool, out: &mut Mapped) -> Result<(), IniError> {
     let s = |v: &str| Value::String(v.to_string());
     let keeps =
         |what: &str, key: &str| format!("{what} is not supported; pool.{key} keeps its value");
@@ -389,21 +385,6 @@ fn map_key(
             ),
         ),
         "server_reset_query" => out.set("pool", "server_reset_query", s(&e.value), e),
-        "max_db_connections" => {
-            let per_db = i64::from(number::<u32>(e, "a whole number")?);
-            let total = per_db.saturating_mul(databases.max(1) as i64);
-            if databases > 1 && per_db > 0 {
-                out.warn(
-                    &e.origin,
-                    &e.key,
-                    format!(
-                        "pgtenant limits server connections for all databases together: \
-                         pool.max_server_connections = {total} ({per_db} x {databases} databases)"
-                    ),
-                );
-            }
-            out.set("pool", "max_server_connections", Value::Integer(total), e);
-        }
         _ => match SAME_NAME.iter().find(|(k, ..)| *k == key) {
             Some(&(name, section, kind)) => map_same_name(name, section, kind, e, out)?,
             None => out.warn(&e.origin, &e.key, "not supported"),

@@ -73,7 +73,8 @@ fn debian_like_file() {
          client_tls_ciphers = fast\n\
          pkt_buf = 8192\n\
          pool_mod = transaction\n\
-         so_reuseport = 1\n",
+         so_reuseport = 1\n\
+         max_user_connections = 9\n",
     );
     let v = |k: &str| value(&m, k).unwrap_or_else(|| panic!("{k} not mapped"));
     assert_eq!(v("listen.addr").as_str(), Some("127.0.0.1:6543"));
@@ -92,7 +93,9 @@ fn debian_like_file() {
         r#"{ crm_db = "transaction" }"#
     );
     assert_eq!(v("pool.default_pool_size").as_integer(), Some(7));
-    assert_eq!(v("pool.max_server_connections").as_integer(), Some(80));
+    assert_eq!(v("pool.max_db_connections").as_integer(), Some(40));
+    assert_eq!(v("pool.max_user_connections").as_integer(), Some(9));
+    assert!(value(&m, "pool.max_server_connections").is_none());
     assert_eq!(v("pool.query_wait_timeout").as_float(), Some(30.0));
     assert_eq!(v("pool.server_idle_timeout").as_float(), Some(0.5));
     assert_eq!(v("tls.client_tls_sslmode").as_str(), Some("prefer"));
@@ -106,8 +109,6 @@ fn debian_like_file() {
         "p.ini:3: key \"product_db.user\": not supported",
         "p.ini:5: key \"users.alice\": not supported: per-user settings",
         "p.ini:7: key \"logfile\": not yet supported",
-        "p.ini:15: key \"max_db_connections\": pgtenant limits server connections for all \
-         databases together: pool.max_server_connections = 80 (40 x 2 databases)",
         "p.ini:22: key \"client_tls_ciphers\": ignored",
         "p.ini:23: key \"pkt_buf\": ignored: pgtenant sizes buffers itself",
         "p.ini:24: key \"pool_mod\": unknown key",
@@ -119,9 +120,15 @@ fn debian_like_file() {
         );
     }
     // Mapped keys are not warned about.
-    assert!(!warnings(&m)
-        .iter()
-        .any(|w| w.contains("\"default_pool_size\"")));
+    for key in [
+        "default_pool_size",
+        "max_db_connections",
+        "max_user_connections",
+    ] {
+        assert!(!warnings(&m)
+            .iter()
+            .any(|w| w.contains(&format!("\"{key}\""))));
+    }
 
     // The converted TOML loads and carries the values.
     let text = render::to_toml(&m, Path::new("p.ini"));
@@ -522,7 +529,7 @@ fn every_mapped_key_is_mapped() {
         };
         text.push_str(&format!("{key} = {value}\n"));
     }
-    assert_eq!(names.len(), 36, "{names:?}");
+    assert_eq!(names.len(), 37, "{names:?}");
     let m = mapped(&text);
     let unmapped: Vec<String> = warnings(&m)
         .into_iter()

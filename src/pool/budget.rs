@@ -1,19 +1,21 @@
 //! Who gets a server connection when connections are scarce: each pool's own
-//! line of waiting clients (first come, first served), and a global budget of
-//! server connections shared by every pool, handed out fairly.
+//! line of waiting clients (first come, first served), and the limits beyond
+//! a pool's size (`caps`: in all, per database, per role), whose connections
+//! are handed out fairly among the pools that wait for them.
 //!
 //! Fairness, in the terms of PgBouncer's failure modes (one pool per tenant
 //! starving others by name order, logins churning): a pool that needs a new
-//! connection while the budget is spent joins a round-robin line of pools; a
-//! freed connection slot goes to the pool at the head of that line, which
-//! rejoins at the back if it still waits. A connection moves from one tenant
-//! to another only when another pool is waiting: an idle one is taken at
-//! once, and a busy pool gives one up at release only while it holds more
-//! than its fair share (budget / pools in contention). Hot tenants keep what
-//! is theirs; nobody waits behind the whole queue.
+//! connection while a limit holds it back joins a round-robin line of pools;
+//! room freed under a limit goes to the first pool in that line that it
+//! lets through, which rejoins at the back if it still waits. A connection
+//! moves from one tenant to another only when another pool is waiting for
+//! what it holds (the same limit): an idle one is taken at once, and a busy
+//! pool gives one up at release only while it holds more than its fair
+//! share (the limit / the pools waiting under it). Hot tenants keep what is
+//! theirs; nobody waits behind the whole queue.
 //!
 //! Locks: a pool's state may be held while taking the budget's, never the
-//! other way round; another pool's state is only ever `try_lock`ed.
+//! other way round, and no other pool's state is taken while one is held.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +24,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::backend::Backend;
+use super::caps::{Blocked, Counts, Holder, Limits};
 use super::PoolKey;
 use super::StatementCache;
 
@@ -80,6 +83,9 @@ impl PoolState {
 pub struct Pool {
     /// Which pool.
     pub key: PoolKey,
+    /// The role its connections log in as, counted against
+    /// `max_user_connections`.
+    pub role: String,
     /// Its state.
     pub state: Mutex<PoolState>,
     /// Its prepared statements.
@@ -93,17 +99,28 @@ pub struct Pool {
     pub generation: std::sync::atomic::AtomicU64,
 }
 
-/// The global budget of server connections.
+/// The server connections in all, per database and per role, against their
+/// limits, and the pools waiting for one.
 pub struct Budget {
-    /// Largest number of server connections in all; 0 for no limit.
-    limit: std::sync::atomic::AtomicUsize,
     state: Mutex<BudgetState>,
 }
 
 struct BudgetState {
-    open: usize,
-    /// Pools waiting for a slot, round robin.
+    limits: Limits,
+    counts: Counts,
+    /// Pools waiting for a connection that a limit holds back, round robin.
     line: VecDeque<Arc<Pool>>,
+}
+
+/// How hard a limit presses on a pool that gives a connection back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pressure {
+    /// Nobody waits for what it holds.
+    None,
+    /// Pools it could make room for are waiting; it may keep this many.
+    Share(usize),
+    /// It holds more than a (lowered) limit allows.
+    Over,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,41 +130,63 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     }
 }
 
+impl BudgetState {
+    fn blocked(&self, pool: &Pool) -> Blocked {
+        self.counts.blocked(pool.holder(), self.limits)
+    }
+
+    /// Takes the first pool in line that a connection may be opened for.
+    fn next_in_line(&mut self) -> Option<Arc<Pool>> {
+        let at = self.line.iter().position(|p| !self.blocked(p).any())?;
+        let pool = self.line.remove(at)?;
+        self.counts.add(pool.holder());
+        Some(pool)
+    }
+}
+
 impl Budget {
-    /// A budget of `limit` connections (0: unlimited).
-    pub fn new(limit: usize) -> Arc<Budget> {
+    /// A budget with `limits`.
+    pub fn new(limits: Limits) -> Arc<Budget> {
         Arc::new(Budget {
-            limit: limit.into(),
             state: Mutex::new(BudgetState {
-                open: 0,
+                limits,
+                counts: Counts::default(),
                 line: VecDeque::new(),
             }),
         })
     }
 
-    /// Changes the limit (0: none).
-    pub fn set_limit(&self, limit: usize) {
-        self.limit
-            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    /// Changes the limits; pools that a raised limit lets through are served.
+    pub fn set_limits(&self, limits: Limits) {
+        lock(&self.state).limits = limits;
+        self.serve();
     }
 
-    fn limit(&self) -> usize {
-        self.limit.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Takes a slot if one is free.
-    pub fn try_take(&self) -> bool {
-        let limit = self.limit();
+    /// Counts a new connection of `pool` if no limit holds it back.
+    pub fn try_take(&self, pool: &Pool) -> bool {
         let mut st = lock(&self.state);
-        if limit == 0 || st.open < limit {
-            st.open += 1;
-            true
-        } else {
-            false
+        if st.blocked(pool).any() {
+            return false;
         }
+        st.counts.add(pool.holder());
+        true
     }
 
-    /// Puts `pool` in the line for slots (once).
+    /// As `try_take`, else puts `pool` in line, in one step: a connection
+    /// closed meanwhile is handed to the line, so none is missed.
+    pub fn take_or_queue(&self, pool: &Arc<Pool>) -> bool {
+        let mut st = lock(&self.state);
+        if !st.blocked(pool).any() {
+            st.counts.add(pool.holder());
+            return true;
+        }
+        if !st.line.iter().any(|p| Arc::ptr_eq(p, pool)) {
+            st.line.push_back(Arc::clone(pool));
+        }
+        false
+    }
+
+    /// Puts `pool` in the line for connections (once).
     pub fn wait_for_slot(&self, pool: &Arc<Pool>) {
         let mut st = lock(&self.state);
         if !st.line.iter().any(|p| Arc::ptr_eq(p, pool)) {
@@ -155,44 +194,79 @@ impl Budget {
         }
     }
 
-    /// Whether a pool other than `pool` waits for a slot, and the fair share
-    /// of connections per pool while it does.
-    fn contention(&self, pool: &Arc<Pool>) -> Option<usize> {
-        let st = lock(&self.state);
-        let others = st.line.iter().filter(|p| !Arc::ptr_eq(p, pool)).count();
-        let limit = self.limit();
-        (limit > 0 && others > 0).then(|| (limit / (others + 1)).max(1))
+    /// Which limits hold `pool` back now.
+    pub fn blocked(&self, pool: &Pool) -> Blocked {
+        lock(&self.state).blocked(pool)
     }
 
-    /// A slot was freed: it goes to the next pool in line that still has a
-    /// waiting client, or back to the budget.
-    pub fn hand_on(&self) {
+    /// Whether pools that one fewer connection of `pool` would make room
+    /// for are waiting, and the fair share of each while they do: a limit
+    /// divided by the pools that wait under it, this one included.
+    pub fn pressure(&self, pool: &Arc<Pool>) -> Pressure {
+        let st = lock(&self.state);
+        let me = pool.holder();
+        if st.counts.over(me, st.limits) {
+            return Pressure::Over;
+        }
+        let (mut total, mut database, mut user) = (0, 0, 0);
+        for other in st.line.iter().filter(|p| !Arc::ptr_eq(p, pool)) {
+            let taker = other.holder();
+            if st.blocked(other).relieved_by(taker, me) {
+                total += 1;
+                database += usize::from(taker.database == me.database);
+                user += usize::from(taker.user == me.user);
+            }
+        }
+        if total == 0 {
+            return Pressure::None;
+        }
+        let share = |limit: usize, n: usize| (limit > 0 && n > 0).then(|| (limit / (n + 1)).max(1));
+        let limits = st.limits;
+        let fair = [
+            share(limits.total, total),
+            share(limits.per_database, database),
+            share(limits.per_user, user),
+        ];
+        Pressure::Share(fair.into_iter().flatten().min().unwrap_or(1))
+    }
+
+    /// A connection of `from` closed: it no longer counts, and the room it
+    /// leaves goes to the first pool in line that may use it.
+    pub fn hand_on(&self, from: &Pool) {
+        lock(&self.state).counts.remove(from.holder());
+        self.serve();
+    }
+
+    /// Grants new connections to pools in line, in turn, while limits allow;
+    /// a pool whose clients have all gone leaves the line.
+    fn serve(&self) {
         loop {
-            let next = lock(&self.state).line.pop_front();
-            let Some(pool) = next else {
-                let mut st = lock(&self.state);
-                st.open = st.open.saturating_sub(1);
+            let Some(pool) = lock(&self.state).next_in_line() else {
                 return;
             };
             let mut ps = lock(&pool.state);
-            if ps.open >= ps.size {
-                continue;
-            }
-            if grant(&mut ps, Grant::Slot).is_ok() {
+            if ps.open < ps.size && grant(&mut ps, Grant::Slot).is_ok() {
                 ps.open += 1;
-                let still_waiting = !ps.waiters.is_empty() && ps.open < ps.size;
-                drop(ps);
-                if still_waiting {
+                if !ps.waiters.is_empty() && ps.open < ps.size {
+                    // Back of the line, while still holding the pool's lock.
                     self.wait_for_slot(&pool);
                 }
-                return;
+                continue;
             }
+            drop(ps);
+            lock(&self.state).counts.remove(pool.holder());
         }
     }
 
-    /// Connections counted against the budget.
+    /// Connections counted in all.
     pub fn open(&self) -> usize {
-        lock(&self.state).open
+        lock(&self.state).counts.total()
+    }
+
+    /// Connections counted for `database`, and for `user`.
+    pub fn open_of(&self, database: &str, user: &str) -> (usize, usize) {
+        let st = lock(&self.state);
+        (st.counts.of_database(database), st.counts.of_user(user))
     }
 }
 
@@ -208,9 +282,17 @@ pub fn grant(state: &mut PoolState, mut g: Grant) -> Result<(), Grant> {
 }
 
 impl Pool {
+    /// What its connections count against.
+    pub fn holder(&self) -> Holder<'_> {
+        Holder {
+            database: &self.key.database,
+            user: &self.role,
+        }
+    }
+
     /// A connection comes back clean: to the next waiting client of this
     /// pool, to another pool if this one holds more than its fair share while
-    /// others wait, or to the idle list.
+    /// others wait (or more than a lowered limit allows), or to the idle list.
     pub fn give_back(self: &Arc<Self>, backend: Backend) {
         if backend.generation != self.generation() {
             drop(backend);
@@ -220,25 +302,22 @@ impl Pool {
         let mut st = lock(&self.state);
         // Above the pool's size (reserve connections, or a size lowered by
         // RELOAD) and nobody of this pool waiting: close it.
-        if st.open > st.size && st.waiting(Instant::now()).0 == 0 {
+        let close = match self.budget.pressure(self) {
+            _ if st.open > st.size && st.waiting(Instant::now()).0 == 0 => true,
+            Pressure::Over => true,
+            Pressure::Share(fair) => st.open > fair || st.waiters.is_empty(),
+            Pressure::None => false,
+        };
+        if close {
             st.open -= 1;
+            if !st.waiters.is_empty() {
+                // Its own clients wait in turn with the others.
+                self.budget.wait_for_slot(self);
+            }
             drop(st);
             drop(backend);
-            self.budget.hand_on();
+            self.budget.hand_on(self);
             return;
-        }
-        if let Some(fair) = self.budget.contention(self) {
-            if st.open > fair || st.waiters.is_empty() {
-                st.open -= 1;
-                let own_waiters = !st.waiters.is_empty();
-                drop(st);
-                drop(backend);
-                if own_waiters {
-                    self.budget.wait_for_slot(self);
-                }
-                self.budget.hand_on();
-                return;
-            }
         }
         if let Err(Grant::Backend(backend)) = grant(&mut st, Grant::Backend(Box::new(backend))) {
             st.idle.push(Idle {
@@ -254,20 +333,20 @@ impl Pool {
         let mut st = lock(&self.state);
         st.open = st.open.saturating_sub(1);
         let wanted = !st.waiters.is_empty() && st.open < st.size;
-        if wanted && self.budget.contention(self).is_none() {
-            if grant(&mut st, Grant::Slot).is_ok() {
-                st.open += 1;
-                return;
+        if wanted {
+            if self.budget.pressure(self) == Pressure::None {
+                if grant(&mut st, Grant::Slot).is_ok() {
+                    st.open += 1;
+                    return;
+                }
+            } else {
+                // Others are waiting too (or a limit was lowered): queue up
+                // with them, in turn.
+                self.budget.wait_for_slot(self);
             }
-        } else if wanted {
-            // Others are waiting too: queue up with them, in turn.
-            drop(st);
-            self.budget.wait_for_slot(self);
-            self.budget.hand_on();
-            return;
         }
         drop(st);
-        self.budget.hand_on();
+        self.budget.hand_on(self);
     }
 
     /// Closes idle connections that are idle longer than `max_idle` (while
@@ -297,7 +376,7 @@ impl Pool {
         st.open -= closed;
         drop(st);
         for _ in 0..closed {
-            self.budget.hand_on();
+            self.budget.hand_on(self);
         }
         closed
     }
@@ -316,18 +395,18 @@ impl Pool {
             st.open -= idle.len();
             idle
         };
-        for _ in &idle {
-            self.budget.hand_on();
+        let closed = idle.len();
+        drop(idle);
+        for _ in 0..closed {
+            self.budget.hand_on(self);
         }
-        idle.len()
+        closed
     }
 
-    /// Takes one idle connection away from this pool for another, if it has
-    /// one and its state is not busy right now.
-    pub fn donate_idle(&self) -> bool {
-        let Ok(mut st) = self.state.try_lock() else {
-            return false;
-        };
+    /// Closes one idle connection, if there is one, so that another pool
+    /// may open its own; the caller hands its slot on.
+    pub fn close_one_idle(&self) -> bool {
+        let mut st = lock(&self.state);
         match st.idle.pop() {
             Some(_closed) => {
                 st.open -= 1;

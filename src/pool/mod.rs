@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod budget;
+pub mod caps;
 pub mod control;
 pub mod statements;
 
@@ -26,7 +27,7 @@ use tokio::sync::oneshot;
 use tracing::debug;
 
 pub use budget::Pool;
-use budget::{lock, Budget, Grant, PoolState, Waiter};
+use budget::{grant, lock, Budget, Grant, PoolState, Waiter};
 
 use crate::auth::Credential;
 use crate::config::{seconds, BackendConfig, PoolConfig};
@@ -194,6 +195,18 @@ pub struct Pools {
     controls: control::Controls,
 }
 
+/// What a checkout gets at once.
+enum Admission {
+    /// A connection, or a slot to open one.
+    Now(Grant),
+    /// A place in the pool's line; `queued`: the pool also waits in the
+    /// budget's line (a limit beyond its size holds it back).
+    Wait {
+        rx: oneshot::Receiver<Grant>,
+        queued: bool,
+    },
+}
+
 /// A connection checked out of a pool. Dropping it closes the connection;
 /// [`PooledBackend::release`] cleans it and gives it back.
 pub struct PooledBackend {
@@ -211,7 +224,7 @@ impl Pools {
         Pools {
             pools: DashMap::new(),
             server_tls,
-            budget: Budget::new(config.max_server_connections),
+            budget: Budget::new(caps::Limits::of(&config)),
             pids: DashMap::new(),
             backend,
             config: arc_swap::ArcSwap::from_pointee(config),
@@ -221,7 +234,8 @@ impl Pools {
 
     /// Hands out a connection of `key`'s pool, waiting in line (first come,
     /// first served, up to `query_wait_timeout`) when all `size` are busy or
-    /// the global budget is spent.
+    /// a limit beyond the pool's size (`max_server_connections`,
+    /// `max_db_connections`, `max_user_connections`) is reached.
     pub async fn checkout(
         &self,
         key: &PoolKey,
@@ -232,7 +246,7 @@ impl Pools {
         // A paused database's clients wait here, outside query_wait_timeout.
         self.controls.wait_resumed(&key.database).await;
         let config = self.config.load();
-        let granted = {
+        let (admission, dead) = {
             let mut st = lock(&pool.state);
             st.size = limits.size.unwrap_or(config.default_pool_size);
             if st.limits.as_ref() != Some(limits) {
@@ -240,15 +254,23 @@ impl Pools {
             }
             self.immediate(&pool, &mut st)
         };
-        let grant = match granted {
-            Ok(grant) => grant,
-            Err(rx) => match self.wait(&pool, rx, &config).await {
-                Some(grant) => grant,
-                None => {
-                    pool.stats.checkout_errors.fetch_add(1, Relaxed);
-                    return Err(PoolError::WaitTimeout);
+        for _ in 0..dead {
+            pool.budget.hand_on(&pool);
+        }
+        let grant = match admission {
+            Admission::Now(grant) => grant,
+            Admission::Wait { rx, queued } => {
+                if queued {
+                    self.free_idle_for(&pool);
                 }
-            },
+                match self.wait(&pool, rx, &config).await {
+                    Some(grant) => grant,
+                    None => {
+                        pool.stats.checkout_errors.fetch_add(1, Relaxed);
+                        return Err(PoolError::WaitTimeout);
+                    }
+                }
+            }
         };
         let backend = match grant {
             Grant::Backend(b) => *b,
@@ -297,7 +319,7 @@ impl Pools {
                 if let Ok(grant) = rx.try_recv() {
                     return Some(grant);
                 }
-                if st.open < st.size + config.reserve_pool_size && pool.budget.try_take() {
+                if st.open < st.size + config.reserve_pool_size && pool.budget.try_take(pool) {
                     st.open += 1;
                     // Leaving the line: the sender left behind is skipped as closed.
                     drop(rx);
@@ -308,44 +330,62 @@ impl Pools {
         tokio::time::timeout_at(deadline, rx).await.ok()?.ok()
     }
 
-    /// What can be had without waiting: an idle connection, a free slot, or
-    /// an idle connection of another pool; else a place in line.
-    fn immediate(
-        &self,
-        pool: &Arc<Pool>,
-        st: &mut PoolState,
-    ) -> Result<Grant, oneshot::Receiver<Grant>> {
+    /// What can be had without waiting: an idle connection or a free slot;
+    /// else a place in this pool's line, and in the budget's line of pools
+    /// when a limit beyond the pool's size holds it back (`queued`). Also
+    /// says how many dead idle connections it dropped, whose slots the
+    /// caller hands on once the pool's lock is released.
+    fn immediate(&self, pool: &Arc<Pool>, st: &mut PoolState) -> (Admission, usize) {
+        let mut dead = 0;
         while let Some(idle) = st.idle.pop() {
             if idle.backend.is_alive() {
-                return Ok(Grant::Backend(Box::new(idle.backend)));
+                return (Admission::Now(Grant::Backend(Box::new(idle.backend))), dead);
             }
             debug!(pool = %pool.key.user(), "dropping dead idle server connection");
             st.open -= 1;
-            pool.budget.hand_on();
+            dead += 1;
+        }
+        if st.open < st.size && st.waiters.is_empty() && pool.budget.try_take(pool) {
+            st.open += 1;
+            return (Admission::Now(Grant::Slot), dead);
         }
         let (tx, rx) = oneshot::channel();
-        let waiter = Waiter {
+        st.waiters.push_back(Waiter {
             since: Instant::now(),
             tx,
-        };
-        if st.open >= st.size || !st.waiters.is_empty() {
-            st.waiters.push_back(waiter);
-            return Err(rx);
+        });
+        if st.open >= st.size {
+            // One of this pool's own connections comes back to it.
+            return (Admission::Wait { rx, queued: false }, dead);
         }
-        if pool.budget.try_take() || self.take_idle_elsewhere(pool) {
+        let queued = !pool.budget.take_or_queue(pool);
+        if !queued {
             st.open += 1;
-            return Ok(Grant::Slot);
+            // The first client in line gets it (this one at the latest, whose
+            // receiver is alive), so the grant cannot come back.
+            let _ = grant(st, Grant::Slot);
         }
-        st.waiters.push_back(waiter);
-        pool.budget.wait_for_slot(pool);
-        Err(rx)
+        (Admission::Wait { rx, queued }, dead)
     }
 
-    /// Closes an idle connection of another pool so this one can open its own.
-    fn take_idle_elsewhere(&self, pool: &Arc<Pool>) -> bool {
-        self.pools
+    /// For a pool that a limit holds back: closes an idle connection of
+    /// another pool under the same limits, so that the room goes to the
+    /// line of waiting pools. Called without any pool's lock held, after
+    /// the pool joined the line, so an idle connection given back before
+    /// is found here and one given back after sees the pool waiting.
+    fn free_idle_for(&self, pool: &Arc<Pool>) {
+        let blocked = pool.budget.blocked(pool);
+        let taker = pool.holder();
+        let donors: Vec<Arc<Pool>> = self
+            .pools
             .iter()
-            .any(|other| !Arc::ptr_eq(other.value(), pool) && other.value().donate_idle())
+            .filter(|p| !Arc::ptr_eq(p.value(), pool))
+            .filter(|p| blocked.relieved_by(taker, p.value().holder()))
+            .map(|p| Arc::clone(p.value()))
+            .collect();
+        if let Some(donor) = donors.into_iter().find(|d| d.close_one_idle()) {
+            donor.budget.hand_on(&donor);
+        }
     }
 
     /// The pool for `key`, created on first use.
@@ -359,6 +399,7 @@ impl Pools {
                 .or_insert_with(|| {
                     Arc::new(Pool {
                         key: key.clone(),
+                        role: key.user(),
                         state: Mutex::new(PoolState {
                             size: 1,
                             open: 0,
@@ -407,7 +448,8 @@ impl Pools {
                     let Some(limits) = st.limits.clone() else {
                         break;
                     };
-                    if st.open >= config.min_pool_size.min(st.size) || !pool.budget.try_take() {
+                    if st.open >= config.min_pool_size.min(st.size) || !pool.budget.try_take(&pool)
+                    {
                         break;
                     }
                     st.open += 1;
@@ -432,16 +474,24 @@ impl Pools {
     }
 
     /// Puts new pool settings in force: sizes and timeouts apply from the
-    /// next checkout, the global budget at once (connections above a
-    /// smaller budget close as they come back idle).
+    /// next checkout, the limits beyond pool sizes at once (connections
+    /// above a lowered limit close as they come back; clients a raised one
+    /// lets through are served).
     pub fn set_config(&self, config: PoolConfig) {
-        self.budget.set_limit(config.max_server_connections);
+        self.budget.set_limits(caps::Limits::of(&config));
         self.config.store(Arc::new(config));
     }
 
     /// Server connections open (or opening) in all pools.
     pub fn server_connections(&self) -> usize {
         self.budget.open()
+    }
+
+    /// Server connections open (or opening) to `database` in all its pools,
+    /// and logged in as `user` in all databases (as `max_db_connections`
+    /// and `max_user_connections` count them).
+    pub fn server_connections_of(&self, database: &str, user: &str) -> (usize, usize) {
+        self.budget.open_of(database, user)
     }
 
     async fn open(

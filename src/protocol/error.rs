@@ -26,6 +26,8 @@ impl SqlState {
     pub const INSUFFICIENT_PRIVILEGE: SqlState = SqlState("42501");
     /// 22023: a parameter's value is wrong.
     pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    /// 25P03: the client sat inside a transaction too long without a word.
+    pub const IDLE_IN_TRANSACTION_SESSION_TIMEOUT: SqlState = SqlState("25P03");
     /// 53300: too many connections / no server connection in time.
     pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
     /// 57P01: the proxy is shutting down.
@@ -80,6 +82,15 @@ impl ErrorFields {
             code,
             message: message.into(),
         }
+    }
+
+    /// What a client idle inside a transaction past
+    /// `idle_transaction_timeout` is told, whatever its pool mode.
+    pub fn idle_transaction_timeout() -> Self {
+        Self::fatal(
+            SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            "idle_transaction_timeout: closing a connection idle inside a transaction",
+        )
     }
 
     /// An ERROR: the statement failed, the session goes on.

@@ -224,8 +224,8 @@ pub async fn show_tenant(config: &Config, id: &TenantId) -> Result<TenantDetails
 }
 
 /// Marks an active tenant `suspended`: running proxies refuse its new
-/// connections at once; connected clients stay. Suspending a suspended
-/// tenant is a no-op.
+/// connections at once and close connected clients at their next
+/// transaction boundary. Suspending a suspended tenant is a no-op.
 pub async fn suspend_tenant(config: &Config, id: &TenantId) -> Result<(), ProvisionError> {
     set_status(config, id, "suspended", false).await
 }

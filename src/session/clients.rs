@@ -62,6 +62,9 @@ pub struct ClientEntry {
     pub tls: bool,
     /// Cancelled by KILL: its session ends at once.
     pub kill: CancellationToken,
+    /// Woken when the client may have to leave at its next transaction
+    /// boundary (its tenant was suspended); it then asks the registry.
+    pub boundary: tokio::sync::Notify,
     state: AtomicU8,
     /// Microseconds since the epoch of its last state change.
     since_us: AtomicU64,
@@ -140,6 +143,7 @@ impl ClientList {
             connected: SystemTime::now(),
             tls: new.tls,
             kill: CancellationToken::new(),
+            boundary: tokio::sync::Notify::new(),
             state: AtomicU8::new(new.state as u8),
             since_us: AtomicU64::new(now_us()),
         });

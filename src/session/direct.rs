@@ -6,14 +6,24 @@
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::clients::ClientEntry;
 use super::events::{self, Ending};
+use super::evict::{suspended, SuspendWatch};
 use super::relay::{relay, RelayEnd, RelayState};
 use super::{Context, Ready, TenantGate};
+use crate::config::optional_seconds;
 use crate::net::Stream;
 use crate::protocol::{ErrorFields, SqlState};
 
-/// Relays until either side leaves, then returns or closes the backend.
-pub(super) async fn serve(mut client: Stream, ready: Box<Ready>, ctx: &Context) -> Ending {
+/// Relays until either side leaves (or the client must: idle inside a
+/// transaction too long, or its tenant suspended and the session at rest),
+/// then returns or closes the backend.
+pub(super) async fn serve(
+    mut client: Stream,
+    ready: Box<Ready>,
+    ctx: &Context,
+    entry: &ClientEntry,
+) -> Ending {
     let Ready {
         mut backend,
         key,
@@ -36,12 +46,20 @@ pub(super) async fn serve(mut client: Stream, ready: Box<Ready>, ctx: &Context) 
     };
     let stats = std::sync::Arc::clone(backend.pool());
     let meter = crate::stats::Meter::new(&stats.stats);
+    let idle_limit = optional_seconds(ctx.config().pool.idle_transaction_timeout);
+    let suspend = SuspendWatch {
+        ctx,
+        entry,
+        tenant: tenant.as_ref(),
+    };
     let end = relay(
         &mut client,
         &mut backend.backend().stream,
         &mut state,
         &gate,
         &meter,
+        idle_limit,
+        &suspend,
     )
     .await;
     ctx.cancels.remove(key);
@@ -52,6 +70,17 @@ pub(super) async fn serve(mut client: Stream, ready: Box<Ready>, ctx: &Context) 
         RelayEnd::ClientTerminated | RelayEnd::ClientGone if state.backend_idle() => {
             backend.release(&ctx.config().pool.server_reset_query).await;
             Ending::Closed(relay_reason(&end))
+        }
+        RelayEnd::Closing => {
+            // At rest outside a transaction: the connection is reusable,
+            // and the error lands between messages.
+            backend.release(&ctx.config().pool.server_reset_query).await;
+            let error = suspended(ctx, tenant.as_ref()).unwrap_or_else(|| {
+                ErrorFields::fatal(SqlState::CANNOT_CONNECT_NOW, "the tenant is suspended")
+            });
+            ctx.errors.record(error.code.code());
+            events::send_error(&mut client, log, &error, None).await;
+            Ending::Failed(error)
         }
         RelayEnd::ClientTerminated | RelayEnd::ClientGone | RelayEnd::ClientCorrupt => {
             let mut ending = Ending::Closed(relay_reason(&end));
@@ -71,6 +100,15 @@ pub(super) async fn serve(mut client: Stream, ready: Box<Ready>, ctx: &Context) 
             }
             drop(backend);
             ending
+        }
+        RelayEnd::IdleTransactionTimeout => {
+            // Between messages both ways: the error cannot land inside one.
+            // The connection closes with its transaction, never reused.
+            let error = ErrorFields::idle_transaction_timeout();
+            ctx.errors.record(error.code.code());
+            events::send_error(&mut client, log, &error, None).await;
+            drop(backend);
+            Ending::Failed(error)
         }
         RelayEnd::BackendGone | RelayEnd::BackendCorrupt => {
             let why = relay_reason(&end);
@@ -99,5 +137,7 @@ fn relay_reason(end: &RelayEnd) -> &'static str {
         RelayEnd::ClientCorrupt => "client sent a malformed message",
         RelayEnd::BackendGone => "server connection lost",
         RelayEnd::BackendCorrupt => "server sent a malformed message",
+        RelayEnd::IdleTransactionTimeout => "idle_transaction_timeout",
+        RelayEnd::Closing => "its tenant was suspended",
     }
 }

@@ -8,8 +8,11 @@
 //! console's KILL: a transaction in progress is rolled back by PostgreSQL
 //! when its server connection closes), and its pools: idle server
 //! connections close now, the others with their clients, so nothing is left
-//! logged in as the tenant's roles. A plain suspend only refuses new
-//! logins, which the login path does. Refusing is not done here.
+//! logged in as the tenant's roles. A plain suspend refuses new logins
+//! (the login path does that) and closes connected clients at their next
+//! transaction boundary: this wakes them (`ClientEntry::boundary`), and
+//! each then asks the registry at its boundary ([`suspended`]), so a
+//! resume before it lets the client go on.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,8 +21,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::clients::ClientEntry;
 use super::Context;
-use crate::tenant::{Reloaded, TenantId};
+use crate::protocol::{ErrorFields, SqlState};
+use crate::tenant::{Reloaded, TenantId, TenantStatus};
 
 /// Acts on every registry reload until `shutdown` fires. `changes` must be
 /// subscribed before the first client logs in so no change is missed.
@@ -43,6 +48,61 @@ pub async fn run(
             Reloaded::Tenants(ids) => Some(ids.iter().map(String::as_str).collect()),
         };
         evict(&ctx, only.as_ref());
+        wake_suspended(&ctx, only.as_ref());
+    }
+}
+
+/// Whether `tenant` is suspended (without `--now`, which `evict` handles):
+/// its clients must leave at their next transaction boundary, told so.
+pub(super) fn suspended(ctx: &Context, tenant: Option<&TenantId>) -> Option<ErrorFields> {
+    let tenant = tenant?;
+    let suspended = ctx.registry.with_tenant(tenant.as_str(), |t| {
+        t.status == TenantStatus::Suspended && !t.must_disconnect()
+    });
+    (suspended == Some(true)).then(|| {
+        ErrorFields::fatal(
+            SqlState::CANNOT_CONNECT_NOW,
+            format!("tenant \"{tenant}\" is suspended"),
+        )
+    })
+}
+
+/// Wakes the clients of suspended tenants (of those in `only`, when
+/// given), so that idle ones leave now and the others at their boundary.
+fn wake_suspended(ctx: &Context, only: Option<&HashSet<&str>>) {
+    for client in ctx.client_list.all() {
+        let Some(tenant) = client.pool.as_ref().and_then(|p| p.tenant()) else {
+            continue;
+        };
+        if only.is_none_or(|ids| ids.contains(tenant.as_str()))
+            && suspended(ctx, Some(tenant)).is_some()
+        {
+            client.boundary.notify_one();
+        }
+    }
+}
+
+/// Ends a session-pooled client's relay at its next idle boundary while
+/// its tenant is suspended.
+pub(super) struct SuspendWatch<'a> {
+    /// Whom to ask.
+    pub ctx: &'a Context,
+    /// Where the wake-ups arrive.
+    pub entry: &'a ClientEntry,
+    /// The client's tenant; `None` (passthrough): never.
+    pub tenant: Option<&'a TenantId>,
+}
+
+impl super::boundary::Closer for SuspendWatch<'_> {
+    async fn requested(&self) {
+        if self.tenant.is_none() {
+            std::future::pending::<()>().await;
+        }
+        self.entry.boundary.notified().await;
+    }
+
+    fn must_close(&self) -> bool {
+        suspended(self.ctx, self.tenant).is_some()
     }
 }
 

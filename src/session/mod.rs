@@ -4,6 +4,7 @@
 //! authentication, backend checkout, the relay, and release. Pools, auth exchanges, the registry and
 //! TLS certificates are used, not owned, here.
 
+pub mod boundary;
 pub mod cancel;
 pub mod clients;
 mod direct;
@@ -363,7 +364,7 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
         match ready.mode {
             PoolMode::Session => {
                 entry.set_state(clients::ClientState::Active);
-                Box::pin(direct::serve(client, ready, ctx)).await
+                Box::pin(direct::serve(client, ready, ctx, entry)).await
             }
             mode => {
                 entry.set_state(clients::ClientState::Idle);

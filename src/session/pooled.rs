@@ -8,6 +8,7 @@ use tracing::debug;
 
 use super::clients::{ClientEntry, ClientState as Listed};
 use super::events::{self, Ending};
+use super::evict::suspended;
 use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
 use super::{settings, Context, Ready, SessionError, TenantGate};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::pool::{PoolKey, PoolLimits, StatementCache};
 use crate::protocol::FrameReader;
 use crate::protocol::{ErrorFields, SqlState};
 use crate::stats::Meter;
-use crate::tenant::TenantId;
+use crate::tenant::{TenantId, TenantStatus};
 
 /// How a pooled client's life ended. `Ok`: why it left; `Err`: the error it
 /// is sent, and the detail behind it that only the log gets.
@@ -66,7 +67,14 @@ pub(super) async fn serve(
     let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
     let mut served_while_draining = false;
+    // Suspended between the login's check and the client's listing, when
+    // no wake-up could reach it yet. Later ones do: one that comes during
+    // a transaction is kept for the wait after it.
+    let mut suspended_at_login = suspended(ctx, tenant.as_ref());
     let outcome: Outcome = loop {
+        if let Some(error) = suspended_at_login.take() {
+            break Err((error, None));
+        }
         // Between transactions: no server connection is held.
         let next = async {
             let wait = async {
@@ -93,7 +101,7 @@ pub(super) async fn serve(
                     ))
                 }
             },
-            _ = drain_idle(&ctx.draining) => break Err((shutting_down(), None)),
+            error = leave_requested(ctx, entry, tenant.as_ref()) => break Err((error, None)),
         };
         match got {
             Ok(true) => {}
@@ -130,13 +138,27 @@ pub(super) async fn serve(
                         .statement_timeout
                         .clone_from(&info.statement_timeout);
                 }
-                !info.must_disconnect()
+                match info.status {
+                    _ if info.must_disconnect() => Servable::No,
+                    // Suspended while its next message was on the way.
+                    TenantStatus::Suspended => Servable::Suspended,
+                    _ => Servable::Yes,
+                }
             });
-            if servable != Some(true) {
-                break Err(fatal(
-                    SqlState::CANNOT_CONNECT_NOW,
-                    &format!("tenant \"{tenant}\" is not available"),
-                ));
+            match servable {
+                Some(Servable::Yes) => {}
+                Some(Servable::Suspended) => {
+                    break Err(fatal(
+                        SqlState::CANNOT_CONNECT_NOW,
+                        &format!("tenant \"{tenant}\" is suspended"),
+                    ))
+                }
+                _ => {
+                    break Err(fatal(
+                        SqlState::CANNOT_CONNECT_NOW,
+                        &format!("tenant \"{tenant}\" is not available"),
+                    ))
+                }
             }
         }
         let turn = Turn {
@@ -171,6 +193,15 @@ pub(super) async fn serve(
     };
     let _ = client.shutdown().await;
     ending
+}
+
+/// Whether a client's tenant may have its next transaction.
+enum Servable {
+    Yes,
+    /// Suspended: the client leaves at this boundary.
+    Suspended,
+    /// Dropping, gone, or suspended `--now`.
+    No,
 }
 
 /// What one transaction needs to know of its session.
@@ -291,10 +322,7 @@ impl Turn<'_> {
             }
             TxnEnd::IdleTransactionTimeout => {
                 drop(pooled);
-                return Some(Err(fatal(
-                    SqlState("25P03"),
-                    "idle_transaction_timeout: closing a connection idle inside a transaction",
-                )));
+                return Some(Err((ErrorFields::idle_transaction_timeout(), None)));
             }
             TxnEnd::TransactionInStatementMode => {
                 drop(pooled);
@@ -317,6 +345,32 @@ const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 async fn drain_idle(draining: &tokio_util::sync::CancellationToken) {
     draining.cancelled().await;
     tokio::time::sleep(DRAIN_IDLE).await;
+}
+
+/// Resolves, for a client between transactions, with what it is told when
+/// it must leave at this boundary: the proxy is draining (`DRAIN_IDLE`
+/// after SIGTERM), or its tenant was suspended (woken through its entry,
+/// and confirmed by the registry). Cancel safe.
+async fn leave_requested(
+    ctx: &Context,
+    entry: &ClientEntry,
+    tenant: Option<&TenantId>,
+) -> ErrorFields {
+    let suspend = async {
+        if tenant.is_none() {
+            std::future::pending::<()>().await;
+        }
+        loop {
+            entry.boundary.notified().await;
+            if let Some(error) = suspended(ctx, tenant) {
+                return error;
+            }
+        }
+    };
+    tokio::select! {
+        () = drain_idle(&ctx.draining) => shutting_down(),
+        error = suspend => error,
+    }
 }
 
 /// What a drained client is told.

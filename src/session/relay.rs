@@ -6,8 +6,16 @@
 //! scanner walks the 5-byte headers inside each chunk to learn just what the
 //! proxy must know (the client's Terminate, how many replies are owed, the
 //! backend's transaction status) without copying or allocating per message.
+//! What each direction found is published for the other (`boundary`), so
+//! that the relay can tell a client that sits idle inside a transaction
+//! (`idle_transaction_timeout`) and end a session at its next idle
+//! boundary when asked to (its tenant was suspended).
+
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::boundary::{read_or_idle, Closer, Progress};
 
 use crate::net::Stream;
 use crate::protocol::tag;
@@ -120,6 +128,12 @@ pub enum RelayEnd {
     BackendGone,
     /// The backend sent a corrupt length.
     BackendCorrupt,
+    /// The client sent nothing for `idle_transaction_timeout` while inside
+    /// a transaction, with nothing owed either way.
+    IdleTransactionTimeout,
+    /// The `Closer` asked for the end, and the session came to rest outside
+    /// a transaction: both ways between messages, nothing owed.
+    Closing,
 }
 
 /// Both directions' scanners after the relay stopped.
@@ -152,15 +166,21 @@ pub trait NotificationGate: Sync {
 /// Largest notification the gate reads whole (PostgreSQL caps payloads at 8000 bytes).
 const MAX_NOTIFICATION: usize = 64 * 1024;
 
-/// Relays until either side ends. `state.backend.last_status` must hold the
-/// status of the ReadyForQuery the client was last sent.
-pub async fn relay<G: NotificationGate>(
+/// Relays until either side ends, the client sits inside a transaction
+/// without a word for `idle_transaction_timeout`, or `closer` asks for the
+/// end and the session is at rest outside a transaction.
+/// `state.backend.last_status` must hold the status of the ReadyForQuery
+/// the client was last sent.
+pub async fn relay<G: NotificationGate, C: Closer>(
     client: &mut Stream,
     backend: &mut Stream,
     state: &mut RelayState,
     gate: &G,
     meter: &Meter<'_>,
+    idle_transaction_timeout: Option<Duration>,
+    closer: &C,
 ) -> RelayEnd {
+    let progress = Progress::new(state, idle_transaction_timeout.is_some());
     let (mut client_rx, mut client_tx) = client.split();
     let (mut backend_rx, mut backend_tx) = backend.split();
     let mut up = vec![0u8; CHUNK];
@@ -171,26 +191,60 @@ pub async fn relay<G: NotificationGate>(
     } = state;
     // Cancel safety: whichever direction loses the race is dropped between or
     // inside a write; the scanners say whether that left the backend mid-message.
+    let client_side = Side {
+        gate: None::<&G>,
+        meter,
+        progress: &progress,
+        idle_limit: idle_transaction_timeout,
+        closer,
+    };
+    let backend_side = Side {
+        gate: Some(gate),
+        meter,
+        progress: &progress,
+        idle_limit: None,
+        closer,
+    };
     tokio::select! {
-        end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, None::<&G>, meter) => end,
-        end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, Some(gate), meter) => end,
+        end = pump(&mut client_rx, &mut backend_tx, &mut up, cs, &client_side) => end,
+        end = pump(&mut backend_rx, &mut client_tx, &mut down, bs, &backend_side) => end,
+        end = super::boundary::watch(closer, &progress) => end,
     }
 }
 
-/// Copies one direction; `gate` is `Some` for the backend-to-client one.
-async fn pump<R, W, G>(
+/// What one direction of the relay needs besides its streams.
+struct Side<'a, 'm, G, C> {
+    /// `Some` for the backend-to-client direction.
+    gate: Option<&'a G>,
+    meter: &'a Meter<'m>,
+    progress: &'a Progress,
+    /// The client-to-backend direction: `idle_transaction_timeout`.
+    idle_limit: Option<Duration>,
+    /// Asked at the server's ReadyForQuery when a close is pending.
+    closer: &'a C,
+}
+
+/// Copies one direction; `side.gate` is `Some` for the backend-to-client one.
+async fn pump<R, W, G, C>(
     rx: &mut R,
     tx: &mut W,
     buf: &mut [u8],
     scanner: &mut Scanner,
-    gate: Option<&G>,
-    meter: &Meter<'_>,
+    side: &Side<'_, '_, G, C>,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
     G: NotificationGate,
+    C: Closer,
 {
+    let Side {
+        gate,
+        meter,
+        progress,
+        idle_limit,
+        closer,
+    } = *side;
     let client = gate.is_none();
     let (gone_here, gone_there, corrupt) = if client {
         (
@@ -207,9 +261,10 @@ where
     };
     let mut reported = scanner.ready;
     loop {
-        let n = match rx.read(buf).await {
-            Ok(0) | Err(_) => return gone_here,
-            Ok(n) => n,
+        let n = match read_or_idle(rx, buf, idle_limit, progress).await {
+            None => return RelayEnd::IdleTransactionTimeout,
+            Some(Ok(0) | Err(_)) => return gone_here,
+            Some(Ok(n)) => n,
         };
         let syncs = scanner.syncs;
         let mut forwarded = 0;
@@ -222,9 +277,11 @@ where
                 Scan::Notification(at) => (at, Some(Ok(at))),
                 Scan::Corrupt => return corrupt,
             };
+            progress.scanned(scanner, client);
             if upto > 0 && tx.write_all(&chunk[..upto]).await.is_err() {
                 return gone_there;
             }
+            progress.forwarded(scanner, client);
             forwarded += upto;
             match next {
                 None => start = n,
@@ -262,6 +319,9 @@ where
             if !scanner.want_status {
                 meter.ready(scanner.ready - reported, scanner.last_status);
                 reported = scanner.ready;
+            }
+            if super::boundary::closes_here(closer, progress) {
+                return RelayEnd::Closing;
             }
         }
     }
@@ -370,15 +430,15 @@ mod tests {
             let mut scanner = Scanner::default();
             let stats = crate::stats::PoolStats::default();
             let meter = Meter::new(&stats);
-            let end = pump(
-                &mut rx,
-                &mut out,
-                &mut buf,
-                &mut scanner,
-                Some(&DenySeven),
-                &meter,
-            )
-            .await;
+            let progress = Progress::new(&RelayState::default(), false);
+            let side = Side {
+                gate: Some(&DenySeven),
+                meter: &meter,
+                progress: &progress,
+                idle_limit: None,
+                closer: &super::super::boundary::Never,
+            };
+            let end = pump(&mut rx, &mut out, &mut buf, &mut scanner, &side).await;
             assert_eq!(end, RelayEnd::BackendGone);
             assert_eq!(out, expected, "buffer of {size}");
             assert_eq!((scanner.ready, scanner.last_status), (1, b'I'));
