@@ -3,6 +3,7 @@
 //! proved SCRAM ClientKey), and the few queries the proxy runs on
 //! it itself (settings at checkout, the reset query at release).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -74,8 +75,9 @@ pub enum BackendError {
 pub struct Backend {
     /// The socket.
     pub stream: Stream,
-    /// Where it is, for cancel requests.
-    pub addr: BackendAddr,
+    /// Where it is, for cancel requests (shared: handed to the cancel map
+    /// at every checkout).
+    pub addr: Arc<BackendAddr>,
     /// The server's process id and cancel secret.
     pub key: (i32, i32),
     /// Current values of the parameters the server reports.
@@ -104,7 +106,7 @@ impl Backend {
     /// Opens a connection (over TLS when `tls` is given) and logs in with
     /// `startup` parameters, answering the server with `credential`.
     pub async fn connect(
-        addr: &BackendAddr,
+        addr: &Arc<BackendAddr>,
         tls: Option<&crate::tls::ServerTls>,
         startup: &[(&str, &str)],
         credential: &Credential,
@@ -124,7 +126,7 @@ impl Backend {
 
         let mut backend = Backend {
             stream,
-            addr: addr.clone(),
+            addr: Arc::clone(addr),
             key: (0, 0),
             params: Vec::new(),
             opened: Instant::now(),

@@ -501,11 +501,11 @@ impl Pools {
         limit: Duration,
     ) -> Result<Backend, PoolError> {
         let addr = match &limits.server {
-            Some(addr) => BackendAddr::clone(addr),
-            None => BackendAddr {
+            Some(addr) => Arc::clone(addr),
+            None => Arc::new(BackendAddr {
                 host: self.backend.host.clone(),
                 port: self.backend.port,
-            },
+            }),
         };
         let connect = async {
             match &key.owner {
@@ -546,7 +546,7 @@ impl Pools {
     /// (and `statement_timeout`) in the startup packet.
     async fn open_tenant(
         &self,
-        addr: &BackendAddr,
+        addr: &Arc<BackendAddr>,
         tenant: &TenantId,
         access: AccessLevel,
         database: &str,

@@ -2,6 +2,8 @@
 //! the backend serving that client right now, so a CancelRequest reaches
 //! exactly that backend and nothing else.
 
+use std::sync::Arc;
+
 use dashmap::DashMap;
 use rand::Rng;
 
@@ -10,7 +12,7 @@ use crate::pool::{send_cancel, BackendAddr};
 /// Where a client's cancel goes.
 #[derive(Debug, Clone)]
 struct Target {
-    addr: BackendAddr,
+    addr: Arc<BackendAddr>,
     key: (i32, i32),
 }
 
@@ -34,10 +36,10 @@ impl CancelMap {
     }
 
     /// Points a key at the backend now serving its client.
-    pub fn attach(&self, key: (i32, i32), addr: &BackendAddr, backend_key: (i32, i32)) {
+    pub fn attach(&self, key: (i32, i32), addr: &Arc<BackendAddr>, backend_key: (i32, i32)) {
         if let Some(mut slot) = self.keys.get_mut(&key) {
             *slot = Some(Target {
-                addr: addr.clone(),
+                addr: Arc::clone(addr),
                 key: backend_key,
             });
         }

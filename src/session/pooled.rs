@@ -44,17 +44,22 @@ pub(super) async fn serve(
     mode: PoolMode,
     entry: &ClientEntry,
 ) -> Ending {
-    let Ready {
-        backend,
-        key,
-        tenant,
-        pool_key,
-        mut pool_limits,
-        settings: client_settings,
-        ..
-    } = unbox(ready);
-    let cache = std::sync::Arc::clone(backend.statements());
-    backend.release_as_is();
+    // In a block with no await: the login's server connection (a large
+    // value) goes back to the pool without taking room in this future.
+    let (cache, key, tenant, pool_key, mut pool_limits, client_settings) = {
+        let Ready {
+            backend,
+            key,
+            tenant,
+            pool_key,
+            pool_limits,
+            settings,
+            ..
+        } = unbox(ready);
+        let cache = std::sync::Arc::clone(backend.statements());
+        backend.release_as_is();
+        (cache, key, tenant, pool_key, pool_limits, settings)
+    };
     let mut state = ClientState {
         statements: Default::default(),
         params: client_settings,
