@@ -548,9 +548,10 @@ pub struct PoolConfig {
     /// its server connection closed, in every pool mode. 0: no limit.
     /// Default 0. Reload applies to clients that log in afterwards.
     pub idle_transaction_timeout: f64,
-    /// Seconds a client may stay connected without sending anything while it
-    /// holds no server connection, before it is disconnected (57P05), in
-    /// transaction and statement mode. 0: no limit. Default 0.
+    /// Seconds a client may stay connected without sending anything between
+    /// transactions, before it is disconnected (57P05), in every pool mode
+    /// (in session mode its server connection, at rest, is kept in the
+    /// pool). 0: no limit. Default 0; reload applies to new sessions.
     pub client_idle_timeout: f64,
     /// Most clients connected at once; more are refused with 53300. Default 10000.
     pub max_client_conn: usize,

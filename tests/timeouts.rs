@@ -246,3 +246,38 @@ async fn idle_transaction_timeout_closes_a_session_pooled_client_idle_in_a_trans
     // The client idle outside a transaction all along is still served.
     assert_eq!(one_value(&idle_outside, "SELECT 2").await, "2");
 }
+
+#[tokio::test]
+async fn client_idle_timeout_closes_a_session_pooled_client_idle_between_transactions() {
+    let mut config = config();
+    config.pool.pool_mode = PoolMode::Session;
+    config.pool.default_pool_size = 1;
+    config.pool.client_idle_timeout = 0.5;
+    tenant(&config, "to_cidle_sess").await;
+    let proxy = start_proxy(config).await;
+    let user = "alice@to_cidle_sess";
+    let (sleepy, connection) = watched(&proxy, user).await;
+    let pid = one_value(&sleepy, "SELECT pg_backend_pid()").await;
+    // Busy for longer than the limit, inside a transaction and out: not idle.
+    sleepy.batch_execute("SELECT pg_sleep(1)").await.unwrap();
+    sleepy
+        .batch_execute("BEGIN; SELECT pg_sleep(0.2)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sleepy
+        .batch_execute("COMMIT")
+        .await
+        .expect("idle inside a transaction is not client_idle_timeout");
+
+    let closed = tokio::time::timeout(Duration::from_secs(15), connection)
+        .await
+        .expect("the idle client is closed")
+        .unwrap();
+    let e = closed.expect_err("closed with an error");
+    assert_eq!(sqlstate(&e), "57P05", "{e}");
+    // Its server connection, clean, went back to the pool of one: the next
+    // client gets the same server process.
+    let next = connect(&proxy, user, "alice-pw", "").await.unwrap();
+    assert_eq!(one_value(&next, "SELECT pg_backend_pid()").await, pid);
+}

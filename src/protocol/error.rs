@@ -93,6 +93,15 @@ impl ErrorFields {
         )
     }
 
+    /// What a client idle between transactions past `client_idle_timeout`
+    /// is told, whatever its pool mode.
+    pub fn client_idle_timeout() -> Self {
+        Self::fatal(
+            SqlState("57P05"),
+            "client_idle_timeout: closing an idle connection",
+        )
+    }
+
     /// An ERROR: the statement failed, the session goes on.
     pub fn error(code: SqlState, message: impl Into<String>) -> Self {
         Self {

@@ -2,8 +2,9 @@
 //! directions: each publishes, in a few relaxed atomics, what it has
 //! forwarded whole (`Progress`), so that one side can tell when nothing is
 //! under way either way. On that rest the client's idle time inside a
-//! transaction (`idle_transaction_timeout`) and requests to end a session
-//! at its next idle boundary (`Closer`). No lock is taken per message.
+//! transaction (`idle_transaction_timeout`) and outside one
+//! (`client_idle_timeout`), and requests to end a session at its next idle
+//! boundary (`Closer`). No lock is taken per message.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -117,30 +118,78 @@ impl Progress {
     }
 }
 
-/// Reads the next bytes from `rx`. With `limit` (the client's side and
-/// `idle_transaction_timeout`), `None` once the client has sent nothing for
-/// that long while inside a transaction (the server last said `T` or `E`)
-/// with nothing owed. Cancel safe.
+/// How long a session client may send nothing while the server owes it
+/// nothing: inside a transaction (`idle_transaction_timeout`) and outside
+/// one (`client_idle_timeout`); `None`: no limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdleLimits {
+    /// Inside a transaction (the server last said `T` or `E`).
+    pub in_transaction: Option<Duration>,
+    /// Outside one (the server last said `I`).
+    pub outside: Option<Duration>,
+}
+
+impl IdleLimits {
+    /// Whether any limit is set (the relay then times ReadyForQuery).
+    pub fn any(&self) -> bool {
+        self.in_transaction.is_some() || self.outside.is_some()
+    }
+
+    /// The limit for a session at rest with transaction status `status`.
+    fn at(&self, status: u8) -> Option<Duration> {
+        match status {
+            b'T' | b'E' => self.in_transaction,
+            _ => self.outside,
+        }
+    }
+
+    /// The shortest limit set.
+    fn shortest(&self) -> Option<Duration> {
+        match (self.in_transaction, self.outside) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Which limit a quiet client passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Idle {
+    /// `idle_transaction_timeout`.
+    InTransaction,
+    /// `client_idle_timeout`.
+    Outside,
+}
+
+/// Reads the next bytes from `rx` (the client's side). `Err` once the
+/// client has sent nothing for one of `limits` while nothing is owed
+/// either way: the limit for its transaction status at that rest. Cancel safe.
 pub(super) async fn read_or_idle<R: AsyncRead + Unpin>(
     rx: &mut R,
     buf: &mut [u8],
-    limit: Option<Duration>,
+    limits: IdleLimits,
     progress: &Progress,
-) -> Option<std::io::Result<usize>> {
-    let Some(limit) = limit else {
-        return Some(rx.read(buf).await);
+) -> Result<std::io::Result<usize>, Idle> {
+    let Some(shortest) = limits.shortest() else {
+        return Ok(rx.read(buf).await);
     };
     let since = Instant::now();
-    let mut wait = limit;
+    let mut wait = shortest;
     loop {
         if let Ok(read) = tokio::time::timeout(wait, rx.read(buf)).await {
-            return Some(read);
+            return Ok(read);
         }
-        wait = limit;
-        if matches!(progress.settled(), Some(b'T' | b'E')) {
+        wait = shortest;
+        let Some(status) = progress.settled() else {
+            continue;
+        };
+        if let Some(limit) = limits.at(status) {
             let quiet = since.max(progress.ready_at()).elapsed();
             if quiet >= limit {
-                return None;
+                return Err(match status {
+                    b'T' | b'E' => Idle::InTransaction,
+                    _ => Idle::Outside,
+                });
             }
             wait = limit - quiet;
         }
@@ -181,23 +230,43 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_client_quiet_inside_a_transaction_is_found_idle() {
-        let mut state = RelayState::default();
-        state.backend.last_status = b'T';
-        let progress = Progress::new(&state, true);
-        let limit = Some(Duration::from_millis(50));
+    async fn a_quiet_client_is_found_idle_by_its_transaction_status() {
+        let fifty = Some(Duration::from_millis(50));
+        let in_transaction = IdleLimits {
+            in_transaction: fifty,
+            outside: None,
+        };
+        let outside = IdleLimits {
+            in_transaction: None,
+            outside: fifty,
+        };
         let (mut quiet, _keep) = tokio::io::duplex(64);
         let mut buf = [0u8; 16];
-        let read = read_or_idle(&mut quiet, &mut buf, limit, &progress).await;
-        assert!(read.is_none(), "idle inside a transaction");
-        // Outside a transaction, or with a reply owed, it waits on.
-        for (status, syncs) in [(b'I', 0), (b'T', 1)] {
+        for (status, limits, found) in [
+            (b'T', in_transaction, Idle::InTransaction),
+            (b'E', in_transaction, Idle::InTransaction),
+            (b'I', outside, Idle::Outside),
+        ] {
+            let mut state = RelayState::default();
+            state.backend.last_status = status;
+            let progress = Progress::new(&state, true);
+            let read = read_or_idle(&mut quiet, &mut buf, limits, &progress).await;
+            assert_eq!(read.err(), Some(found), "status {status}");
+        }
+        // The other status, or a reply owed: it waits on.
+        for (status, syncs, limits) in [
+            (b'I', 0, in_transaction),
+            (b'T', 0, outside),
+            (b'T', 1, in_transaction),
+            (b'I', 1, outside),
+        ] {
+            let mut state = RelayState::default();
             state.backend.last_status = status;
             state.client.syncs = syncs;
             let progress = Progress::new(&state, true);
             let read = tokio::time::timeout(
                 Duration::from_millis(300),
-                read_or_idle(&mut quiet, &mut buf, limit, &progress),
+                read_or_idle(&mut quiet, &mut buf, limits, &progress),
             )
             .await;
             assert!(read.is_err(), "status {status}, syncs {syncs}");

@@ -6,6 +6,7 @@
 use tokio::io::AsyncWriteExt;
 use tracing::debug;
 
+use super::boundary::IdleLimits;
 use super::clients::ClientEntry;
 use super::events::{self, Ending};
 use super::evict::{suspended, SuspendWatch};
@@ -46,7 +47,11 @@ pub(super) async fn serve(
     };
     let stats = std::sync::Arc::clone(backend.pool());
     let meter = crate::stats::Meter::new(&stats.stats);
-    let idle_limit = optional_seconds(ctx.config().pool.idle_transaction_timeout);
+    let pool = &ctx.config().pool;
+    let idle = IdleLimits {
+        in_transaction: optional_seconds(pool.idle_transaction_timeout),
+        outside: optional_seconds(pool.client_idle_timeout),
+    };
     let suspend = SuspendWatch {
         ctx,
         entry,
@@ -58,7 +63,7 @@ pub(super) async fn serve(
         &mut state,
         &gate,
         &meter,
-        idle_limit,
+        idle,
         &suspend,
     )
     .await;
@@ -101,6 +106,15 @@ pub(super) async fn serve(
             drop(backend);
             ending
         }
+        RelayEnd::ClientIdleTimeout => {
+            // At rest outside a transaction: the connection is reusable,
+            // and the error lands between messages.
+            backend.release(&ctx.config().pool.server_reset_query).await;
+            let error = ErrorFields::client_idle_timeout();
+            ctx.errors.record(error.code.code());
+            events::send_error(&mut client, log, &error, None).await;
+            Ending::Failed(error)
+        }
         RelayEnd::IdleTransactionTimeout => {
             // Between messages both ways: the error cannot land inside one.
             // The connection closes with its transaction, never reused.
@@ -138,6 +152,7 @@ fn relay_reason(end: &RelayEnd) -> &'static str {
         RelayEnd::BackendGone => "server connection lost",
         RelayEnd::BackendCorrupt => "server sent a malformed message",
         RelayEnd::IdleTransactionTimeout => "idle_transaction_timeout",
+        RelayEnd::ClientIdleTimeout => "client_idle_timeout",
         RelayEnd::Closing => "its tenant was suspended",
     }
 }

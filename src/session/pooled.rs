@@ -99,12 +99,7 @@ pub(super) async fn serve(
         let got = tokio::select! {
             got = next => match got {
                 Ok(r) => r,
-                Err(_) => {
-                    break Err(fatal(
-                        SqlState("57P05"),
-                        "client_idle_timeout: closing an idle connection",
-                    ))
-                }
+                Err(_) => break Err((ErrorFields::client_idle_timeout(), None)),
             },
             error = leave_requested(ctx, entry, tenant.as_ref()) => break Err((error, None)),
         };

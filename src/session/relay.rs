@@ -11,11 +11,9 @@
 //! (`idle_transaction_timeout`) and end a session at its next idle
 //! boundary when asked to (its tenant was suspended).
 
-use std::time::Duration;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::boundary::{read_or_idle, Closer, Progress};
+use super::boundary::{read_or_idle, Closer, Idle, IdleLimits, Progress};
 
 use crate::net::Stream;
 use crate::protocol::tag;
@@ -131,6 +129,9 @@ pub enum RelayEnd {
     /// The client sent nothing for `idle_transaction_timeout` while inside
     /// a transaction, with nothing owed either way.
     IdleTransactionTimeout,
+    /// The client sent nothing for `client_idle_timeout` outside a
+    /// transaction, with nothing owed either way.
+    ClientIdleTimeout,
     /// The `Closer` asked for the end, and the session came to rest outside
     /// a transaction: both ways between messages, nothing owed.
     Closing,
@@ -166,8 +167,8 @@ pub trait NotificationGate: Sync {
 /// Largest notification the gate reads whole (PostgreSQL caps payloads at 8000 bytes).
 const MAX_NOTIFICATION: usize = 64 * 1024;
 
-/// Relays until either side ends, the client sits inside a transaction
-/// without a word for `idle_transaction_timeout`, or `closer` asks for the
+/// Relays until either side ends, the client sits without a word for one
+/// of `idle` (inside or outside a transaction), or `closer` asks for the
 /// end and the session is at rest outside a transaction.
 /// `state.backend.last_status` must hold the status of the ReadyForQuery
 /// the client was last sent.
@@ -177,10 +178,10 @@ pub async fn relay<G: NotificationGate, C: Closer>(
     state: &mut RelayState,
     gate: &G,
     meter: &Meter<'_>,
-    idle_transaction_timeout: Option<Duration>,
+    idle: IdleLimits,
     closer: &C,
 ) -> RelayEnd {
-    let progress = Progress::new(state, idle_transaction_timeout.is_some());
+    let progress = Progress::new(state, idle.any());
     let (mut client_rx, mut client_tx) = client.split();
     let (mut backend_rx, mut backend_tx) = backend.split();
     let mut up = vec![0u8; CHUNK];
@@ -195,14 +196,14 @@ pub async fn relay<G: NotificationGate, C: Closer>(
         gate: None::<&G>,
         meter,
         progress: &progress,
-        idle_limit: idle_transaction_timeout,
+        idle_limit: idle,
         closer,
     };
     let backend_side = Side {
         gate: Some(gate),
         meter,
         progress: &progress,
-        idle_limit: None,
+        idle_limit: IdleLimits::default(),
         closer,
     };
     tokio::select! {
@@ -218,8 +219,8 @@ struct Side<'a, 'm, G, C> {
     gate: Option<&'a G>,
     meter: &'a Meter<'m>,
     progress: &'a Progress,
-    /// The client-to-backend direction: `idle_transaction_timeout`.
-    idle_limit: Option<Duration>,
+    /// The client-to-backend direction: how long the client may be quiet.
+    idle_limit: IdleLimits,
     /// Asked at the server's ReadyForQuery when a close is pending.
     closer: &'a C,
 }
@@ -262,9 +263,10 @@ where
     let mut reported = scanner.ready;
     loop {
         let n = match read_or_idle(rx, buf, idle_limit, progress).await {
-            None => return RelayEnd::IdleTransactionTimeout,
-            Some(Ok(0) | Err(_)) => return gone_here,
-            Some(Ok(n)) => n,
+            Err(Idle::InTransaction) => return RelayEnd::IdleTransactionTimeout,
+            Err(Idle::Outside) => return RelayEnd::ClientIdleTimeout,
+            Ok(Ok(0) | Err(_)) => return gone_here,
+            Ok(Ok(n)) => n,
         };
         let syncs = scanner.syncs;
         let mut forwarded = 0;
@@ -435,7 +437,7 @@ mod tests {
                 gate: Some(&DenySeven),
                 meter: &meter,
                 progress: &progress,
-                idle_limit: None,
+                idle_limit: IdleLimits::default(),
                 closer: &super::super::boundary::Never,
             };
             let end = pump(&mut rx, &mut out, &mut buf, &mut scanner, &side).await;
