@@ -13,7 +13,6 @@ use pgtenant::provision::{
     self, lifecycle::DropOptions, ClusterOptions, LocalCluster, MigrateOptions, Tier,
 };
 use pgtenant::tenant::{AccessLevel, TenantId};
-use tokio_postgres::NoTls;
 
 /// The dedicated cluster, started once for this binary.
 fn dedicated() -> &'static LocalCluster {
@@ -55,19 +54,7 @@ fn config_with_eu1() -> Config {
 /// A connection to `db` on the dedicated cluster as its superuser.
 async fn on_dedicated(db: &str) -> tokio_postgres::Client {
     let d = dedicated();
-    let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user={} password={} dbname={db}",
-            d.host, d.port, d.superuser, d.password
-        ),
-        NoTls,
-    )
-    .await
-    .expect("connect to the dedicated cluster");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
+    common::connect_direct(&d.host, d.port, &d.superuser, &d.password, db).await
 }
 
 async fn schema_exists(client: &tokio_postgres::Client, schema: &str) -> bool {

@@ -37,40 +37,54 @@ pub struct ViewsReport {
     pub skipped: Vec<(String, String, String)>,
 }
 
-/// Rebuilds the cross-tenant views of every service database, on every
-/// cluster: each cluster's views cover the tenants that live there. A
-/// dedicated cluster that cannot be reached is logged and skipped, so it
-/// never holds up the shared cluster's tenants.
+/// Rebuilds the cross-tenant views of every service database, on the
+/// shared cluster and on every dedicated cluster a registry row names: each
+/// cluster's views cover the tenants that live there. A dedicated cluster
+/// that cannot be reached (or is not configured) is logged and skipped, so
+/// it never fails the shared cluster's tenants; `[backends]` entries no
+/// tenant lives on are not contacted.
 pub async fn rebuild_admin_views(config: &Config) -> Result<Vec<ViewsReport>, ProvisionError> {
     let b = &config.backend;
     let registry = admin_connect(config, &b.registry_database).await?;
     // One rebuild or drop at a time, and the tenant list read under the lock,
     // so a rebuild never brings back a tenant that a drop has just left out.
     take_views_lock(&registry).await?;
-    let tenants: Vec<(String, Option<String>)> = registry
+    // Every tenant, whatever its status: a cluster whose last tenant is
+    // being dropped still gets its views rebuilt without it.
+    let tenants: Vec<(String, Option<String>, bool)> = registry
         .query(
-            "SELECT id, nullif(backend, '') FROM commons.tenants
-             WHERE status IN ('active', 'suspended') ORDER BY id",
+            "SELECT id, nullif(backend, ''), status IN ('active', 'suspended')
+             FROM commons.tenants ORDER BY id",
             &[],
         )
         .await
         .map_err(db_err("listing tenants"))?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
+    let mut clusters: Vec<Option<String>> = vec![None];
+    for (_, backend, _) in &tenants {
+        if !clusters.contains(backend) {
+            clusters.push(backend.clone());
+        }
+    }
     let mut reports = Vec::new();
-    for cluster in config.clusters() {
+    for name in clusters {
+        let Some(cluster) = config.cluster(name.as_deref()) else {
+            tracing::warn!(backend = ?name, "admin views not rebuilt: backend not configured");
+            continue;
+        };
         let here: Vec<String> = tenants
             .iter()
-            .filter(|(_, backend)| *backend == cluster.name)
-            .map(|(id, _)| id.clone())
+            .filter(|(_, backend, served)| *served && *backend == name)
+            .map(|(id, _, _)| id.clone())
             .collect();
         for db in &b.databases {
             let rebuilt = async {
                 let mut client = cluster_connect(&cluster, db).await?;
                 rebuild_in(&mut client, db, &cluster.admin_user, &here).await
             };
-            match (rebuilt.await, &cluster.name) {
+            match (rebuilt.await, &name) {
                 (Ok(mut report), Some(name)) => {
                     report.database = format!("{db} (backend {name})");
                     reports.push(report);

@@ -155,15 +155,24 @@ pub async fn connect(
 /// Connects straight to PostgreSQL as the admin role.
 pub async fn admin(dbname: &str) -> tokio_postgres::Client {
     let b = backend();
+    connect_direct(&b.host, b.port, &b.user, &b.password, dbname).await
+}
+
+/// Connects straight to a PostgreSQL server (the harness's or another one
+/// a test started), spawning the connection task.
+pub async fn connect_direct(
+    host: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    dbname: &str,
+) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(
-        &format!(
-            "host={} port={} user={} password={} dbname={dbname}",
-            b.host, b.port, b.user, b.password
-        ),
+        &format!("host={host} port={port} user={user} password={password} dbname={dbname}"),
         NoTls,
     )
     .await
-    .expect("admin connects");
+    .unwrap_or_else(|e| panic!("connect to {host}:{port}/{dbname} as {user}: {e}"));
     tokio::spawn(async move {
         let _ = connection.await;
     });
