@@ -209,7 +209,9 @@ async fn measure(
         .collect()
         .await;
     let held: Vec<tokio_postgres::Client> = connected.into_iter().collect::<anyhow::Result<_>>()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Idle clients of pgtenant park after a second or two (PgBouncer's stay
+    // as they are): both are measured once settled.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let after = rss_kb(pid)?;
     drop(held);
     Ok((before, after))

@@ -40,6 +40,9 @@ pub enum ServeError {
     /// A TLS certificate, key or CA file is missing or malformed.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The parking lot for idle clients could not start.
+    #[error("cannot start the parking lot for idle clients: {0}")]
+    Parking(std::io::Error),
 }
 
 /// A started proxy. Dropping it does not stop it; call [`Proxy::shutdown`].
@@ -77,6 +80,8 @@ impl Proxy {
         let auth_file = crate::reload::load_auth_file(&config.auth.auth_file)?;
         let server_key =
             role_password(&config.backend.tenant_role_secret, "pgtenant mock secrets").into_bytes();
+        let tracker = TaskTracker::new();
+        let parking = Context::parking_lot().map_err(ServeError::Parking)?;
         let context = Arc::new(Context {
             pools: Pools::new(
                 config.backend.clone(),
@@ -97,6 +102,8 @@ impl Proxy {
             shutdown: shutdown.clone(),
             stats_history: Default::default(),
             errors: Default::default(),
+            tracker: tracker.clone(),
+            parking,
             config: arc_swap::ArcSwap::from_pointee(config),
         });
 
@@ -120,7 +127,6 @@ impl Proxy {
             })?),
             None => None,
         };
-        let tracker = TaskTracker::new();
         tracker.spawn(accept_tcp(
             tcp,
             Arc::clone(&context),
@@ -158,6 +164,7 @@ impl Proxy {
         }
         tracker.spawn(reap_idle_servers(Arc::clone(&context), shutdown.clone()));
         tracker.spawn(warm_pools(Arc::clone(&context), shutdown.clone()));
+        tracker.spawn(park_idle_clients(Arc::clone(&context)));
         // Off the tracker: it keeps acting on tenant changes while draining.
         tokio::spawn(session::evict::run(
             Arc::clone(&context),
@@ -241,6 +248,7 @@ impl Proxy {
     /// then end with the process.
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
+        self.context.close_parking();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -317,6 +325,28 @@ async fn accept_unix(
             Err(e) => accept_failed(e).await,
         }
     }
+}
+
+/// How long a pooled client stays idle in its task before it parks.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// Asks pooled clients idle for `PARK_AFTER` to park, once a second, until
+/// a drain begins; then hands the parked back so they are told.
+async fn park_idle_clients(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(PARK_AFTER);
+    while ctx
+        .draining
+        .run_until_cancelled(tick.tick())
+        .await
+        .is_some()
+    {
+        let cutoff = std::time::SystemTime::now() - PARK_AFTER;
+        let asked = ctx.park_idle_clients(cutoff);
+        if asked > 0 {
+            tracing::trace!(asked, "idle clients asked to park");
+        }
+    }
+    ctx.close_parking();
 }
 
 /// Closes idle server connections past `server_idle_timeout` / `server_lifetime`, once a second.

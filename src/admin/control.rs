@@ -80,7 +80,7 @@ pub fn kill(ctx: &Context, database: &str) -> Result<&'static str, AdminError> {
     let mut killed = 0;
     for c in ctx.client_list.all() {
         if c.pool.as_ref().is_some_and(|p| p.database == database) {
-            c.kill.cancel();
+            ctx.kill_client(&c);
             killed += 1;
         }
     }

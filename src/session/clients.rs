@@ -66,11 +66,23 @@ pub struct ClientEntry {
     /// boundary (its tenant was suspended); it then asks the registry.
     pub boundary: tokio::sync::Notify,
     state: AtomicU8,
+    /// [`PARKED`] and [`PARK_REQUESTED`].
+    park: AtomicU8,
     /// Microseconds since the epoch of its last state change.
     since_us: AtomicU64,
 }
 
+/// The client waits in the parking lot, without a task.
+const PARKED: u8 = 1;
+/// The client was asked to park at its next chance.
+const PARK_REQUESTED: u8 = 2;
+
 impl ClientEntry {
+    /// The tenant of its pool; `None` for passthrough and console clients.
+    pub fn tenant(&self) -> Option<&crate::tenant::TenantId> {
+        self.pool.as_ref().and_then(PoolKey::tenant)
+    }
+
     /// Its state now.
     pub fn state(&self) -> ClientState {
         ClientState::from_u8(self.state.load(Relaxed))
@@ -79,6 +91,43 @@ impl ClientEntry {
     /// When it entered its current state.
     pub fn since(&self) -> SystemTime {
         UNIX_EPOCH + std::time::Duration::from_micros(self.since_us.load(Relaxed))
+    }
+
+    /// Whether the client has been idle since before `cutoff` and could wait
+    /// parked: it draws from a pool over a plain socket (TLS state cannot
+    /// leave its task) and is neither parked nor asked to park already.
+    pub fn may_park(&self, cutoff: SystemTime) -> bool {
+        self.pool.is_some()
+            && !self.tls
+            && self.state() == ClientState::Idle
+            && self.park.load(Relaxed) == 0
+            && self.since() < cutoff
+    }
+
+    /// Asks the client to park: it is woken through `boundary` and parks if
+    /// it is still idle then.
+    pub fn request_park(&self) {
+        self.park.fetch_or(PARK_REQUESTED, Relaxed);
+        self.boundary.notify_one();
+    }
+
+    /// Whether the client was asked to park; the request is used up.
+    pub fn take_park_request(&self) -> bool {
+        self.park.fetch_and(!PARK_REQUESTED, Relaxed) & PARK_REQUESTED != 0
+    }
+
+    /// Records that the client is parked (or no longer is).
+    pub fn set_parked(&self, parked: bool) {
+        if parked {
+            self.park.fetch_or(PARKED, Relaxed);
+        } else {
+            self.park.fetch_and(!PARKED, Relaxed);
+        }
+    }
+
+    /// Whether the client waits parked now.
+    pub fn is_parked(&self) -> bool {
+        self.park.load(Relaxed) & PARKED != 0
     }
 
     /// Records a state change (at login, checkout and release).
@@ -133,6 +182,13 @@ impl Drop for Listed<'_> {
 impl ClientList {
     /// Adds a client until the returned guard drops.
     pub fn add(&self, new: NewClient) -> Listed<'_> {
+        let entry = self.insert(new);
+        Listed { list: self, entry }
+    }
+
+    /// Adds a client until [`ClientList::remove`] takes it out (for owners
+    /// that outlive a borrow of the list, as parked clients do).
+    pub fn insert(&self, new: NewClient) -> Arc<ClientEntry> {
         let id = self.next.fetch_add(1, Relaxed) + 1;
         let entry = Arc::new(ClientEntry {
             id,
@@ -145,10 +201,16 @@ impl ClientList {
             kill: CancellationToken::new(),
             boundary: tokio::sync::Notify::new(),
             state: AtomicU8::new(new.state as u8),
+            park: AtomicU8::new(0),
             since_us: AtomicU64::new(now_us()),
         });
         self.clients.insert(id, Arc::clone(&entry));
-        Listed { list: self, entry }
+        entry
+    }
+
+    /// Takes client `id` out of the list.
+    pub fn remove(&self, id: u64) {
+        self.clients.remove(&id);
     }
 
     /// Every client now.

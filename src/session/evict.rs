@@ -77,7 +77,7 @@ fn wake_suspended(ctx: &Context, only: Option<&HashSet<&str>>) {
         if only.is_none_or(|ids| ids.contains(tenant.as_str()))
             && suspended(ctx, Some(tenant)).is_some()
         {
-            client.boundary.notify_one();
+            ctx.call_client(&client);
         }
     }
 }
@@ -136,7 +136,7 @@ pub fn evict(ctx: &Context, only: Option<&HashSet<&str>>) -> Vec<TenantId> {
             continue;
         };
         if considered(tenant) && verdict(tenant) {
-            client.kill.cancel();
+            ctx.kill_client(&client);
             clients += 1;
         }
     }

@@ -90,6 +90,13 @@ impl Expectations {
         self.confirmed.clear();
     }
 
+    /// Gives back the memory of an idle queue (for a client about to wait long).
+    pub fn shrink(&mut self) {
+        if self.is_idle() && self.forgotten.is_empty() && self.confirmed.is_empty() {
+            *self = Expectations::default();
+        }
+    }
+
     /// Nothing owed: the connection may serve someone else.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && !self.skipping

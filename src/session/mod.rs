@@ -11,6 +11,7 @@ mod direct;
 mod events;
 pub mod evict;
 pub mod expect;
+pub mod park;
 mod passthrough;
 mod pooled;
 pub mod relay;
@@ -79,6 +80,10 @@ pub struct Context {
     pub stats_history: crate::stats::History<PoolKey>,
     /// Errors sent to clients by the proxy itself, and refused passwords.
     pub errors: crate::stats::ErrorCounts,
+    /// Every session task (a drain waits for them).
+    pub tracker: tokio_util::task::TaskTracker,
+    /// Idle pooled clients waiting without a task.
+    pub(crate) parking: park::ParkingLot<pooled::Parked>,
 }
 
 impl Context {
@@ -86,48 +91,107 @@ impl Context {
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
     }
-}
 
-/// Counts a client against its tenant while it is connected.
-struct TenantSlot<'a> {
-    counts: &'a dashmap::DashMap<TenantId, usize>,
-    tenant: TenantId,
-}
+    /// Starts the parking lot for a context being built (inside the runtime).
+    pub fn parking_lot() -> std::io::Result<park::ParkingLot<pooled::Parked>> {
+        park::ParkingLot::start()
+    }
 
-impl<'a> TenantSlot<'a> {
-    /// Takes a place for `tenant`, unless `max` are taken.
-    fn take(
-        counts: &'a dashmap::DashMap<TenantId, usize>,
-        tenant: &TenantId,
-        max: Option<usize>,
-    ) -> Option<Self> {
-        let mut count = counts.entry(tenant.clone()).or_insert(0);
-        if max.is_some_and(|m| *count >= m) {
-            return None;
+    /// Clients waiting parked now, without a task.
+    pub fn parked_clients(&self) -> usize {
+        self.parking.len()
+    }
+
+    /// Asks every idle pooled client idle since before `cutoff` to park.
+    pub fn park_idle_clients(&self, cutoff: std::time::SystemTime) -> usize {
+        let mut asked = 0;
+        for client in self.client_list.all() {
+            if client.may_park(cutoff) {
+                client.request_park();
+                asked += 1;
+            }
         }
-        *count += 1;
-        Some(TenantSlot {
-            counts,
-            tenant: tenant.clone(),
-        })
+        asked
+    }
+
+    /// Wakes a client at its transaction boundary (its tenant was
+    /// suspended), parked or not; it then asks the registry why.
+    pub fn call_client(&self, client: &clients::ClientEntry) {
+        client.boundary.notify_one();
+        self.parking.unpark(client.id);
+    }
+
+    /// Ends a client's session now (KILL, a dropped tenant), parked or not.
+    pub fn kill_client(&self, client: &clients::ClientEntry) {
+        client.kill.cancel();
+        self.parking.unpark(client.id);
+    }
+
+    /// A drain began: parked clients are handed back to be told, and no
+    /// client parks any more.
+    pub fn close_parking(&self) {
+        self.parking.close();
     }
 }
 
-impl Drop for TenantSlot<'_> {
-    fn drop(&mut self) {
-        self.counts.remove_if_mut(&self.tenant, |_, n| {
-            *n -= 1;
-            *n == 0
-        });
+/// A connected client's places: its count against `pool.max_client_conn`,
+/// against its tenant's `max_clients`, and its entry in the client list.
+/// Owned rather than borrowed from the session, so a parked client keeps
+/// them without a task; given back when dropped.
+pub(crate) struct Seat {
+    ctx: Arc<Context>,
+    /// Listed under this entry, and counted against its pool's tenant.
+    entry: Option<Arc<clients::ClientEntry>>,
+}
+
+impl Seat {
+    /// Counts a new client; returns the seat and the count with it.
+    fn take(ctx: &Arc<Context>) -> (Seat, usize) {
+        let connected = ctx
+            .clients
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        let seat = Seat {
+            ctx: Arc::clone(ctx),
+            entry: None,
+        };
+        (seat, connected)
+    }
+
+    /// Counts the client against its pool's tenant, unless `max` are
+    /// counted already (`None` then), and lists it until the seat is dropped.
+    fn list(
+        &mut self,
+        new: clients::NewClient,
+        max: Option<usize>,
+    ) -> Option<Arc<clients::ClientEntry>> {
+        if let Some(tenant) = new.pool.as_ref().and_then(PoolKey::tenant) {
+            let mut count = self.ctx.tenant_clients.entry(tenant.clone()).or_insert(0);
+            if max.is_some_and(|m| *count >= m) {
+                return None;
+            }
+            *count += 1;
+        }
+        let entry = self.ctx.client_list.insert(new);
+        self.entry = Some(Arc::clone(&entry));
+        Some(entry)
     }
 }
 
-/// Counts a client while it is connected.
-struct ClientSlot<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl Drop for ClientSlot<'_> {
+impl Drop for Seat {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        if let Some(entry) = &self.entry {
+            self.ctx.client_list.remove(entry.id);
+            if let Some(tenant) = entry.tenant() {
+                self.ctx.tenant_clients.remove_if_mut(tenant, |_, n| {
+                    *n -= 1;
+                    *n == 0
+                });
+            }
+        }
+        self.ctx
+            .clients
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -268,26 +332,33 @@ pub async fn run(client: Stream, peer: String, ctx: Arc<Context>) {
     let span = info_span!("client", %peer, tenant = Empty, db = Empty, user = Empty);
     async move {
         let started = tokio::time::Instant::now();
-        let ending = session(client, &ctx, peer).await;
-        events::closed(&ctx.config().log, started.elapsed(), &ending);
+        // `None`: the client was parked; its session goes on in another task.
+        if let Some(ending) = session(client, &ctx, peer, started).await {
+            events::closed(&ctx.config().log, started.elapsed(), &ending);
+        }
     }
     .instrument(span)
     .await
 }
 
-/// A client's life from accept to close, and why it ended.
-async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
-    let connected = ctx
-        .clients
-        .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-        + 1;
-    let _slot = ClientSlot(&ctx.clients);
+/// What the log says of a client closed by KILL or an eviction.
+const KILLED: &str = "closed by KILL, or its tenant was dropped or suspended --now";
+
+/// A client's life from accept to close, and why it ended; `None` when it
+/// was parked (it ends in the task that takes it back).
+async fn session(
+    mut client: Stream,
+    ctx: &Arc<Context>,
+    peer: String,
+    started: tokio::time::Instant,
+) -> Option<Ending> {
+    let (mut seat, connected) = Seat::take(ctx);
     if connected > ctx.config().pool.max_client_conn {
         let full = SessionError::Setting {
             code: SqlState::TOO_MANY_CONNECTIONS,
             message: "no more connections allowed (max_client_conn)".into(),
         };
-        return refuse(&mut client, ctx, full).await;
+        return Some(refuse(&mut client, ctx, full).await);
     }
     let limit = seconds(ctx.config().listen.client_login_timeout);
     let deadline = tokio::time::Instant::now() + limit;
@@ -300,7 +371,7 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
         match tokio::time::timeout_at(deadline, attempt).await {
             // Kept boxed: the session's future holds it until attach.
             Ok(Ok(Login::Done(authed))) => break authed,
-            Ok(Ok(Login::Cancel)) => return Ending::CancelRequest,
+            Ok(Ok(Login::Cancel)) => return Some(Ending::CancelRequest),
             Ok(Ok(Login::Console(user))) => {
                 let listed = ctx.client_list.add(clients::NewClient {
                     peer,
@@ -311,7 +382,7 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
                     state: clients::ClientState::Active,
                 });
                 Box::pin(crate::admin::serve(client, ctx, *user, &listed.entry)).await;
-                return Ending::Closed("admin console session ended");
+                return Some(Ending::Closed("admin console session ended"));
             }
             Ok(Ok(Login::StartTls { direct })) => {
                 match tokio::time::timeout_at(deadline, Box::pin(start_tls(client, ctx, direct)))
@@ -321,61 +392,61 @@ async fn session(mut client: Stream, ctx: &Context, peer: String) -> Ending {
                         client = tls;
                         binding = Some(end_point);
                     }
-                    Ok(None) => return Ending::Closed("TLS handshake failed"),
+                    Ok(None) => return Some(Ending::Closed("TLS handshake failed")),
                     Err(_) => {
-                        return Ending::Closed("client_login_timeout expired in the TLS handshake")
+                        return Some(Ending::Closed(
+                            "client_login_timeout expired in the TLS handshake",
+                        ))
                     }
                 }
             }
-            Ok(Err(e)) => return refuse(&mut client, ctx, e).await,
-            Err(_) => return refuse(&mut client, ctx, SessionError::LoginTimeout).await,
+            Ok(Err(e)) => return Some(refuse(&mut client, ctx, e).await),
+            Err(_) => return Some(refuse(&mut client, ctx, SessionError::LoginTimeout).await),
         }
     };
-    let mut _tenant_slot = None;
-    if let Some(tenant) = &authed.tenant {
-        match TenantSlot::take(&ctx.tenant_clients, tenant, authed.max_clients) {
-            Some(slot) => _tenant_slot = Some(slot),
-            None => {
-                let full = SessionError::Setting {
-                    code: SqlState::TOO_MANY_CONNECTIONS,
-                    message: format!("too many clients for tenant \"{tenant}\""),
-                };
-                return refuse(&mut client, ctx, full).await;
-            }
-        }
-    }
-    let listed = ctx.client_list.add(clients::NewClient {
-        peer,
-        pool: Some(authed.pool_key.clone()),
-        user: authed.user.clone(),
-        database: authed.pool_key.database.clone(),
-        tls: client.is_tls(),
-        state: clients::ClientState::Waiting,
-    });
-    let entry = &listed.entry;
+    let listed = seat.list(
+        clients::NewClient {
+            peer,
+            pool: Some(authed.pool_key.clone()),
+            user: authed.user.clone(),
+            database: authed.pool_key.database.clone(),
+            tls: client.is_tls(),
+            state: clients::ClientState::Waiting,
+        },
+        authed.max_clients,
+    );
+    let Some(entry) = listed else {
+        let tenant = authed.tenant.as_ref().map_or("", TenantId::as_str);
+        let full = SessionError::Setting {
+            code: SqlState::TOO_MANY_CONNECTIONS,
+            message: format!("too many clients for tenant \"{tenant}\""),
+        };
+        return Some(refuse(&mut client, ctx, full).await);
+    };
     let kill = entry.kill.clone();
-    let served = async move {
+    let served = async {
         let ready = match Box::pin(attach(&mut client, ctx, authed)).await {
             Ok(ready) => ready,
-            Err(e) => return refuse(&mut client, ctx, e).await,
+            Err(e) => return pooled::Served::Ended(refuse(&mut client, ctx, e).await),
         };
         let tls = matches!(client, Stream::Tls(_));
         events::logged_in(&ctx.config().log, tls, ready.pool_key.access(), ready.mode);
         match ready.mode {
             PoolMode::Session => {
                 entry.set_state(clients::ClientState::Active);
-                Box::pin(direct::serve(client, ready, ctx, entry)).await
+                pooled::Served::Ended(Box::pin(direct::serve(client, ready, ctx, &entry)).await)
             }
             mode => {
                 entry.set_state(clients::ClientState::Idle);
-                pooled::serve(client, ready, ctx, mode, entry).await
+                pooled::start(client, ready, ctx, mode, &entry).await
             }
         }
     };
-    tokio::select! {
-        ending = served => ending,
-        () = kill.cancelled() => Ending::Closed("closed by KILL, or its tenant was dropped or suspended --now"),
-    }
+    let served = tokio::select! {
+        served = served => served,
+        () = kill.cancelled() => pooled::Served::Ended(Ending::Closed(KILLED)),
+    };
+    pooled::settle(served, seat, started)
 }
 
 /// Tells the client why it is refused, logs it, and closes.

@@ -3,14 +3,18 @@
 //! bring it to the client's settings, relay until the connection owes
 //! nothing, give it back, repeat. The relaying itself is `txn`'s.
 
+use std::time::Instant;
+
 use tokio::io::AsyncWriteExt;
-use tracing::debug;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+use tracing::{debug, info_span, Instrument};
 
 use super::clients::{ClientEntry, ClientState as Listed};
 use super::events::{self, Ending};
 use super::evict::suspended;
+use super::park::{Resume, Socket};
 use super::txn::{active, answer_cached_parses, answer_deallocate, ClientState, Period, TxnEnd};
-use super::{settings, Context, Ready, SessionError, TenantGate};
+use super::{settings, Context, Ready, Seat, SessionError, TenantGate};
 use std::sync::Arc;
 
 use crate::config::{optional_seconds, Config, PoolMode};
@@ -36,72 +40,134 @@ pub(super) fn unbox(ready: Box<Ready>) -> Ready {
     *ready
 }
 
-/// Serves a logged-in client in `mode` until it leaves, and says why it left.
-pub(super) async fn serve(
-    mut client: Stream,
+/// How a pooled client's time in one task ended.
+pub(super) enum Served {
+    /// The client is gone, so.
+    Ended(Ending),
+    /// It has been idle a while: it may wait parked, holding this.
+    Park(Socket, Box<Between>),
+}
+
+/// What a pooled client keeps between transactions: all it needs to go on,
+/// owned, so that it can wait parked without a task.
+pub(super) struct Between {
+    cache: Arc<StatementCache>,
+    key: (i32, i32),
+    pool_limits: PoolLimits,
+    state: ClientState,
+    mode: PoolMode,
+    /// Since when it waits for its next message (`client_idle_timeout`).
+    idle_since: Instant,
+}
+
+/// Serves a logged-in client in `mode`, from its login's server connection on.
+pub(super) async fn start(
+    client: Stream,
     ready: Box<Ready>,
     ctx: &Context,
     mode: PoolMode,
     entry: &ClientEntry,
-) -> Ending {
+) -> Served {
     // In a block with no await: the login's server connection (a large
     // value) goes back to the pool without taking room in this future.
-    let (cache, key, tenant, pool_key, mut pool_limits, client_settings) = {
+    let between = {
         let Ready {
             backend,
             key,
-            tenant,
-            pool_key,
             pool_limits,
             settings,
             ..
         } = unbox(ready);
-        let cache = std::sync::Arc::clone(backend.statements());
+        let cache = Arc::clone(backend.statements());
         backend.release_as_is();
-        (cache, key, tenant, pool_key, pool_limits, settings)
+        Box::new(Between {
+            cache,
+            key,
+            pool_limits,
+            state: ClientState {
+                statements: Default::default(),
+                params: settings,
+                dirty: false,
+                expect: Default::default(),
+            },
+            mode,
+            idle_since: Instant::now(),
+        })
     };
-    let mut state = ClientState {
-        statements: Default::default(),
-        params: client_settings,
-        dirty: false,
-        expect: Default::default(),
-    };
+    // Suspended between the login's check and the client's listing, when
+    // no wake-up could reach it yet. Later ones do: one that comes during
+    // a transaction is kept for the wait after it.
+    if let Some(error) = suspended(ctx, entry.tenant()) {
+        return Served::Ended(end(client, ctx, &between, Err((error, None))).await);
+    }
+    serve(client, between, ctx, entry).await
+}
+
+/// Serves a pooled client until it leaves or may park.
+async fn serve(
+    mut client: Stream,
+    mut between: Box<Between>,
+    ctx: &Context,
+    entry: &ClientEntry,
+) -> Served {
     // Small: most messages are small, and idle clients are the many.
     let mut creader = FrameReader::new(1024);
     let config = ctx.config();
     let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
     let mut served_while_draining = false;
-    // Suspended between the login's check and the client's listing, when
-    // no wake-up could reach it yet. Later ones do: one that comes during
-    // a transaction is kept for the wait after it.
-    let mut suspended_at_login = suspended(ctx, tenant.as_ref());
+    // Its pool (the entry's: it is the same for the client's whole life).
+    let Some(pool_key) = entry.pool.as_ref() else {
+        let outcome = Err(fatal(SqlState::INTERNAL_ERROR, "client without a pool"));
+        return Served::Ended(end(client, ctx, &between, outcome).await);
+    };
+    let tenant = pool_key.tenant();
     let outcome: Outcome = loop {
-        if let Some(error) = suspended_at_login.take() {
-            break Err((error, None));
-        }
         // Between transactions: no server connection is held.
-        let next = async {
-            let wait = async {
-                // An idle plain client holds no read buffer: wait for bytes
-                // first, then read them into a fresh one.
-                if creader.buffered().is_empty() {
-                    creader.release();
-                    client.readable().await?;
+        let idle_deadline = client_idle_timeout.map(|limit| between.idle_since + limit);
+        let woke = {
+            let next = async {
+                let wait = async {
+                    // An idle plain client holds no read buffer: wait for bytes
+                    // first, then read them into a fresh one.
+                    if creader.buffered().is_empty() {
+                        creader.release();
+                        client.readable().await?;
+                    }
+                    creader.ensure(&mut client, 5).await
+                };
+                match idle_deadline {
+                    Some(at) => tokio::time::timeout_at(at.into(), wait).await,
+                    None => Ok(wait.await),
                 }
-                creader.ensure(&mut client, 5).await
             };
-            match client_idle_timeout {
-                Some(limit) => tokio::time::timeout(limit, wait).await,
-                None => Ok(wait.await),
+            tokio::select! {
+                got = next => got.map_err(|_| Leave::Told(ErrorFields::client_idle_timeout())),
+                leave = leave_requested(ctx, entry, tenant) => Err(leave),
             }
         };
-        let got = tokio::select! {
-            got = next => match got {
-                Ok(r) => r,
-                Err(_) => break Err((ErrorFields::client_idle_timeout(), None)),
-            },
-            error = leave_requested(ctx, entry, tenant.as_ref()) => break Err((error, None)),
+        let got = match woke {
+            Ok(got) => got,
+            Err(Leave::Told(error)) => break Err((error, None)),
+            Err(Leave::Park) => {
+                let plain = matches!(client, Stream::Tcp(_) | Stream::Unix(_));
+                if plain && creader.buffered().is_empty() && !ctx.draining.is_cancelled() {
+                    return match into_socket(client) {
+                        Ok(socket) => {
+                            // What an idle client's queues grew goes back first.
+                            between.state.expect.shrink();
+                            between.state.statements.shrink_to_fit();
+                            Served::Park(socket, between)
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "client cannot be parked");
+                            ctx.cancels.remove(between.key);
+                            Served::Ended(Ending::Closed("client connection lost"))
+                        }
+                    };
+                }
+                continue;
+            }
         };
         match got {
             Ok(true) => {}
@@ -115,7 +181,15 @@ pub(super) async fn serve(
         if served_while_draining {
             break Err((shutting_down(), None));
         }
-        let local = answer_cached_parses(creader.buffered(), &cache, &mut state.statements)
+        let Between {
+            cache,
+            key,
+            pool_limits,
+            state,
+            mode,
+            idle_since,
+        } = &mut *between;
+        let local = answer_cached_parses(creader.buffered(), cache, &mut state.statements)
             .or_else(|| answer_deallocate(creader.buffered(), &mut state.statements));
         if let Some((used, reply)) = local {
             creader.consume(used);
@@ -128,7 +202,7 @@ pub(super) async fn serve(
         // pool_size applies to connected clients too; read in place and
         // copied only when they changed (no allocation per transaction).
         // Passthrough clients have no tenant: their login limits stand.
-        if let Some(tenant) = &tenant {
+        if let Some(tenant) = tenant {
             let servable = ctx.registry.with_tenant(tenant.as_str(), |info| {
                 if info.pool_size != pool_limits.size {
                     pool_limits.size = info.pool_size;
@@ -164,35 +238,167 @@ pub(super) async fn serve(
         let turn = Turn {
             ctx,
             config: &config,
-            pool_key: &pool_key,
-            pool_limits: &pool_limits,
+            pool_key,
+            pool_limits,
             entry,
-            key,
-            tenant: tenant.as_ref(),
-            cache: &cache,
-            mode,
+            key: *key,
+            tenant,
+            cache,
+            mode: *mode,
             idle_transaction_timeout,
         };
         // Boxed: a transaction's state (checkout, relay, release) is large
         // and lives only while the client holds a server connection; in the
         // session's own future it would make every idle client as large.
-        if let Some(outcome) = Box::pin(turn.run(&mut client, &mut creader, &mut state)).await {
+        if let Some(outcome) = Box::pin(turn.run(&mut client, &mut creader, state)).await {
             break outcome;
         }
+        *idle_since = Instant::now();
         served_while_draining = ctx.draining.is_cancelled();
     };
-    ctx.cancels.remove(key);
+    Served::Ended(end(client, ctx, &between, outcome).await)
+}
+
+/// The end of a pooled client: its cancel key forgotten, its error (if
+/// any) sent and counted, its socket shut.
+async fn end(mut client: Stream, ctx: &Context, between: &Between, outcome: Outcome) -> Ending {
+    ctx.cancels.remove(between.key);
     debug!(?outcome, "session ended");
     let ending = match outcome {
         Ok(why) => Ending::Closed(why),
         Err((error, cause)) => {
             ctx.errors.record(error.code.code());
-            events::send_error(&mut client, &config.log, &error, cause.as_deref()).await;
+            events::send_error(&mut client, &ctx.config().log, &error, cause.as_deref()).await;
             Ending::Failed(error)
         }
     };
     let _ = client.shutdown().await;
     ending
+}
+
+/// A plain client's socket, out of the runtime, for the parking lot.
+fn into_socket(client: Stream) -> std::io::Result<Socket> {
+    match client {
+        Stream::Tcp(s) => s.into_std().map(Socket::Tcp),
+        Stream::Unix(s) => s.into_std().map(Socket::Unix),
+        _ => Err(std::io::Error::other("a TLS client cannot be parked")),
+    }
+}
+
+/// The client again as the relay drives it, from its parked socket.
+fn unparked(socket: Socket) -> std::io::Result<Stream> {
+    Ok(match socket {
+        Socket::Tcp(s) => Stream::Tcp(tokio::net::TcpStream::from_std(s)?),
+        Socket::Unix(s) => Stream::Unix(tokio::net::UnixStream::from_std(s)?),
+    })
+}
+
+/// A client waiting in the parking lot: what it keeps between
+/// transactions, its places, and its age for the disconnection line.
+pub struct Parked {
+    seat: Seat,
+    between: Box<Between>,
+    started: tokio::time::Instant,
+    /// Keeps a drain waiting for the client, which has no task to wait for.
+    _tracked: TaskTrackerToken,
+}
+
+/// Ends a pooled client's task: `Some` when the client is gone (its places
+/// given back), `None` when it was parked.
+pub(super) fn settle(served: Served, seat: Seat, started: tokio::time::Instant) -> Option<Ending> {
+    match served {
+        Served::Ended(ending) => {
+            drop(seat);
+            Some(ending)
+        }
+        Served::Park(socket, between) => {
+            park(seat, socket, between, started);
+            None
+        }
+    }
+}
+
+/// Puts a client in the parking lot, or goes on serving it in a new task
+/// when the lot refuses it (a drain began).
+fn park(seat: Seat, socket: Socket, between: Box<Between>, started: tokio::time::Instant) {
+    let ctx = Arc::clone(&seat.ctx);
+    let Some(entry) = seat.entry.clone() else {
+        return;
+    };
+    let deadline = optional_seconds(ctx.config().pool.client_idle_timeout)
+        .map(|limit| between.idle_since + limit);
+    entry.set_parked(true);
+    let parked = Parked {
+        seat,
+        between,
+        started,
+        _tracked: ctx.tracker.token(),
+    };
+    match ctx.parking.park(entry.id, socket, parked, deadline) {
+        // A KILL, suspension or drain that came before the client was in
+        // the lot could not call it back: it is called back now.
+        Ok(()) => {
+            let must_leave = entry.kill.is_cancelled()
+                || ctx.draining.is_cancelled()
+                || suspended(&ctx, entry.tenant()).is_some();
+            if must_leave {
+                ctx.parking.unpark(entry.id);
+            }
+        }
+        Err((socket, parked)) => parked.resume(socket),
+    }
+}
+
+impl Resume for Parked {
+    fn resume(self, socket: Socket) {
+        let tracker = self.seat.ctx.tracker.clone();
+        tracker.spawn(resumed(self, socket));
+    }
+}
+
+/// A parked client's next task: served from where it waited, in a span
+/// like its first task's.
+async fn resumed(parked: Parked, socket: Socket) {
+    let Parked {
+        seat,
+        between,
+        started,
+        _tracked,
+    } = parked;
+    drop(_tracked);
+    let Some(entry) = seat.entry.clone() else {
+        return;
+    };
+    let ctx = Arc::clone(&seat.ctx);
+    let span = info_span!(
+        "client",
+        peer = %entry.peer,
+        tenant = entry.tenant().map(TenantId::as_str),
+        db = %entry.database,
+        user = %entry.user,
+    );
+    async move {
+        entry.set_parked(false);
+        let served = match unparked(socket) {
+            Ok(client) => {
+                let kill = entry.kill.clone();
+                tokio::select! {
+                    served = serve(client, between, &ctx, &entry) => served,
+                    () = kill.cancelled() => Served::Ended(Ending::Closed(super::KILLED)),
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, "parked client cannot be resumed");
+                ctx.cancels.remove(between.key);
+                Served::Ended(Ending::Closed("client connection lost"))
+            }
+        };
+        if let Some(ending) = settle(served, seat, started) {
+            events::closed(&ctx.config().log, started.elapsed(), &ending);
+        }
+    }
+    .instrument(span)
+    .await
 }
 
 /// Whether a client's tenant may have its next transaction.
@@ -347,29 +553,33 @@ async fn drain_idle(draining: &tokio_util::sync::CancellationToken) {
     tokio::time::sleep(DRAIN_IDLE).await;
 }
 
-/// Resolves, for a client between transactions, with what it is told when
-/// it must leave at this boundary: the proxy is draining (`DRAIN_IDLE`
-/// after SIGTERM), or its tenant was suspended (woken through its entry,
-/// and confirmed by the registry). Cancel safe.
-async fn leave_requested(
-    ctx: &Context,
-    entry: &ClientEntry,
-    tenant: Option<&TenantId>,
-) -> ErrorFields {
-    let suspend = async {
-        if tenant.is_none() {
-            std::future::pending::<()>().await;
-        }
+/// Why a client between transactions is woken.
+enum Leave {
+    /// It must leave, told this.
+    Told(ErrorFields),
+    /// It was asked to park.
+    Park,
+}
+
+/// Resolves, for a client between transactions, when it must leave at
+/// this boundary (the proxy is draining, `DRAIN_IDLE` after SIGTERM, or
+/// its tenant was suspended, woken through its entry and confirmed by the
+/// registry) or was asked to park. Cancel safe.
+async fn leave_requested(ctx: &Context, entry: &ClientEntry, tenant: Option<&TenantId>) -> Leave {
+    let woken = async {
         loop {
             entry.boundary.notified().await;
             if let Some(error) = suspended(ctx, tenant) {
-                return error;
+                return Leave::Told(error);
+            }
+            if entry.take_park_request() {
+                return Leave::Park;
             }
         }
     };
     tokio::select! {
-        () = drain_idle(&ctx.draining) => shutting_down(),
-        error = suspend => error,
+        () = drain_idle(&ctx.draining) => Leave::Told(shutting_down()),
+        leave = woken => leave,
     }
 }
 
