@@ -7,6 +7,8 @@
 //!     IDLE_CLIENTS=2000 IDLE_TENANTS=200 cargo bench --bench idle_memory
 //!
 //! Defaults: 10,000 clients over 1,000 tenants. Not a test; prints a table.
+//! `IDLE_HOLD=SECONDS` keeps each proxy holding its clients that long after
+//! the measurement (its pid is printed), to look at it from outside.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -213,6 +215,10 @@ async fn measure(
     // as they are): both are measured once settled.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = rss_kb(pid)?;
+    if let Ok(secs) = std::env::var("IDLE_HOLD") {
+        eprintln!("HOLD pid {pid} rss {after}");
+        tokio::time::sleep(Duration::from_secs(secs.parse().unwrap_or(60))).await;
+    }
     drop(held);
     Ok((before, after))
 }

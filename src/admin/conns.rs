@@ -62,7 +62,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
         let row: Vec<Cell> = vec![
             text("C"),
             text(user),
-            text(&c.database),
+            text(c.database()),
             text(state.as_str()),
             text(addr),
             num(port),

@@ -54,8 +54,6 @@ pub struct ClientEntry {
     pub pool: Option<PoolKey>,
     /// The name it logged in with.
     pub user: String,
-    /// The database it named (`pgbouncer` for the console).
-    pub database: String,
     /// When it logged in.
     pub connected: SystemTime,
     /// Whether it came over TLS.
@@ -78,6 +76,13 @@ const PARKED: u8 = 1;
 const PARK_REQUESTED: u8 = 2;
 
 impl ClientEntry {
+    /// The database it named: its pool's (`pgbouncer` for the console).
+    pub fn database(&self) -> &str {
+        self.pool
+            .as_ref()
+            .map_or(crate::admin::CONSOLE_DATABASE, |p| p.database.as_str())
+    }
+
     /// The tenant of its pool; `None` for passthrough and console clients.
     pub fn tenant(&self) -> Option<&crate::tenant::TenantId> {
         self.pool.as_ref().and_then(PoolKey::tenant)
@@ -151,8 +156,6 @@ pub struct NewClient {
     pub pool: Option<PoolKey>,
     /// See [`ClientEntry::user`].
     pub user: String,
-    /// See [`ClientEntry::database`].
-    pub database: String,
     /// See [`ClientEntry::tls`].
     pub tls: bool,
     /// Its first state.
@@ -195,7 +198,6 @@ impl ClientList {
             peer: new.peer,
             pool: new.pool,
             user: new.user,
-            database: new.database,
             connected: SystemTime::now(),
             tls: new.tls,
             kill: CancellationToken::new(),
@@ -240,7 +242,6 @@ mod tests {
             peer: "127.0.0.1:1".into(),
             pool: None,
             user: "admin".into(),
-            database: "pgbouncer".into(),
             tls: false,
             state: ClientState::Waiting,
         });

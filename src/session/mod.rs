@@ -377,7 +377,6 @@ async fn session(
                     peer,
                     pool: None,
                     user: user.name.clone(),
-                    database: crate::admin::CONSOLE_DATABASE.into(),
                     tls: client.is_tls(),
                     state: clients::ClientState::Active,
                 });
@@ -409,7 +408,6 @@ async fn session(
             peer,
             pool: Some(authed.pool_key.clone()),
             user: authed.user.clone(),
-            database: authed.pool_key.database.clone(),
             tls: client.is_tls(),
             state: clients::ClientState::Waiting,
         },

@@ -374,7 +374,7 @@ async fn resumed(parked: Parked, socket: Socket) {
         "client",
         peer = %entry.peer,
         tenant = entry.tenant().map(TenantId::as_str),
-        db = %entry.database,
+        db = entry.database(),
         user = %entry.user,
     );
     async move {
