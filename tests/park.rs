@@ -11,11 +11,10 @@ use std::time::Duration;
 use common::*;
 use pgtenant::config::{Config, PoolMode};
 use pgtenant::server::Proxy;
-use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(15);
 
-type Connection = JoinHandle<Result<(), tokio_postgres::Error>>;
+type Connection = Watched;
 
 /// A proxy in transaction pooling with tenant `id`.
 async fn proxy_for(id: &str, adjust: impl FnOnce(&mut Config)) -> (Proxy, Config) {
@@ -25,15 +24,6 @@ async fn proxy_for(id: &str, adjust: impl FnOnce(&mut Config)) -> (Proxy, Config
     adjust(&mut config);
     tenant(&config, id).await;
     (start_proxy(config.clone()).await, config)
-}
-
-/// A client of `tenant` whose connection task says how the proxy closed it.
-async fn watched(proxy: &Proxy, tenant: &str) -> (tokio_postgres::Client, Connection) {
-    let info = conninfo(proxy, &format!("alice@{tenant}"), "alice-pw", "");
-    let (client, connection) = tokio_postgres::connect(&info, tokio_postgres::NoTls)
-        .await
-        .expect("client connects");
-    (client, tokio::spawn(connection))
 }
 
 /// Waits until `n` clients are parked.

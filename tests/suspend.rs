@@ -12,20 +12,10 @@ use pgtenant::config::PoolMode;
 use pgtenant::provision;
 use pgtenant::server::Proxy;
 use pgtenant::tenant::{TenantId, TenantStatus};
-use tokio::task::JoinHandle;
 
 const LIMIT: Duration = Duration::from_secs(15);
 
-type Connection = JoinHandle<Result<(), tokio_postgres::Error>>;
-
-/// A client of `tenant` whose connection task says how the proxy closed it.
-async fn watched(proxy: &Proxy, tenant: &str) -> (tokio_postgres::Client, Connection) {
-    let info = conninfo(proxy, &format!("alice@{tenant}"), "alice-pw", "");
-    let (client, connection) = tokio_postgres::connect(&info, tokio_postgres::NoTls)
-        .await
-        .expect("client connects");
-    (client, tokio::spawn(connection))
-}
+type Connection = Watched;
 
 /// Waits (bounded) for the proxy to close `connection`; its SQLSTATE and message.
 async fn closed_with(connection: Connection) -> (String, String) {

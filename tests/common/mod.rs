@@ -152,6 +152,18 @@ pub async fn connect(
     Ok(client)
 }
 
+/// A client connection's task: how the proxy closed the connection.
+pub type Watched = tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>;
+
+/// `alice` of `tenant` through the proxy, with her connection's task.
+pub async fn watched(proxy: &Proxy, tenant: &str) -> (tokio_postgres::Client, Watched) {
+    let info = conninfo(proxy, &format!("alice@{tenant}"), "alice-pw", "");
+    let (client, connection) = tokio_postgres::connect(&info, NoTls)
+        .await
+        .expect("client connects");
+    (client, tokio::spawn(connection))
+}
+
 /// Connects straight to PostgreSQL as the admin role.
 pub async fn admin(dbname: &str) -> tokio_postgres::Client {
     let b = backend();
