@@ -130,11 +130,6 @@ impl ClientEntry {
         }
     }
 
-    /// Whether the client waits parked now.
-    pub fn is_parked(&self) -> bool {
-        self.park.load(Relaxed) & PARKED != 0
-    }
-
     /// Records a state change (at login, checkout and release).
     pub fn set_state(&self, state: ClientState) {
         self.since_us.store(now_us(), Relaxed);
