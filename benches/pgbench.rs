@@ -12,6 +12,10 @@
 //!     cargo bench --bench pgbench
 //!     PGBENCH_SECONDS=20 PGBENCH_ROUNDS=3 PGBENCH_POOL=16 cargo bench --bench pgbench
 //!
+//! With `PGBENCH_HOLD=1` it prints how to reach the three targets instead
+//! and keeps them up until its standard input closes, for profiling one of
+//! them by hand (`perf`, `strace -c`) under a pgbench of one's own.
+//!
 //! Not a test; prints a table.
 
 use std::path::Path;
@@ -147,6 +151,40 @@ fn main() -> anyhow::Result<()> {
             password: role_pw.clone(),
         },
     ];
+    if std::env::var_os("PGBENCH_HOLD").is_some() {
+        for t in &targets {
+            println!(
+                "{:<10} PGPASSWORD={} pgbench -n -h {} -p {} -U {} crm_db",
+                t.name, t.password, t.host, t.port, t.user
+            );
+        }
+        println!(
+            "pgtenant pid {}; holding until stdin closes",
+            std::process::id()
+        );
+        let mut line = String::new();
+        while std::io::stdin()
+            .read_line(&mut line)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    } else {
+        run_workloads(&targets, &select1, seconds, rounds, pool)?;
+    }
+    drop(bouncer);
+    runtime.block_on(proxy.shutdown(Duration::from_secs(2)));
+    drop(cluster);
+    Ok(())
+}
+
+/// Runs every workload against every target, interleaved, and prints the table.
+fn run_workloads(
+    targets: &[Target],
+    select1: &Path,
+    seconds: u32,
+    rounds: u32,
+    pool: u32,
+) -> anyhow::Result<()> {
     let args = |s: &[&str]| s.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     let workloads = [
         Workload {
@@ -218,9 +256,6 @@ fn main() -> anyhow::Result<()> {
             "", lat[0], lat[1], lat[2]
         );
     }
-    drop(bouncer);
-    runtime.block_on(proxy.shutdown(Duration::from_secs(2)));
-    drop(cluster);
     Ok(())
 }
 

@@ -27,6 +27,12 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+/// A concurrent map read on every transaction (pools, tenants, cancel
+/// keys): foldhash, seeded per map, instead of SipHash, which showed in
+/// profiles. Its keys are the proxy's own (registered tenants, logged-in
+/// users, issued cancel keys); clients only look them up.
+pub type HotMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
+
 pub mod admin;
 pub mod auth;
 pub mod config;

@@ -95,6 +95,7 @@ impl Proxy {
             tls: client_tls,
             server_tls: server_tls.clone(),
             draining: shutdown.child_token(),
+            drain_began: Default::default(),
             config_source: Default::default(),
             clients: Default::default(),
             tenant_clients: Default::default(),
@@ -248,7 +249,7 @@ impl Proxy {
     /// then end with the process.
     pub async fn shutdown(self, grace: Duration) {
         self.shutdown.cancel();
-        self.context.close_parking();
+        self.context.begin_drain();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
@@ -331,7 +332,7 @@ async fn accept_unix(
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Asks pooled clients idle for `PARK_AFTER` to park, once a second, until
-/// a drain begins; then hands the parked back so they are told.
+/// a drain begins; then wakes the idle and the parked so they are told.
 async fn park_idle_clients(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(PARK_AFTER);
     while ctx
@@ -346,7 +347,7 @@ async fn park_idle_clients(ctx: Arc<Context>) {
             tracing::trace!(asked, "idle clients asked to park");
         }
     }
-    ctx.close_parking();
+    ctx.begin_drain();
 }
 
 /// Closes idle server connections past `server_idle_timeout` / `server_lifetime`, once a second.

@@ -96,6 +96,10 @@ pub struct Backend {
     /// Settings the proxy set for a client that the server does not report
     /// (e.g. `statement_timeout`), so the next client can be given its own.
     pub applied: Vec<(String, String)>,
+    /// The (packed) client settings this connection was last found to
+    /// have, so the next checkout by a client with the same settings skips
+    /// the comparison. Cleared whenever `params` or `applied` change.
+    pub settled_for: Option<Box<str>>,
     /// Its pool's generation when it was opened (see `Pool::generation`).
     pub generation: u64,
     /// Its entry in the list of open server connections, removed on close.
@@ -135,6 +139,7 @@ impl Backend {
             up: BytesMut::new(),
             down: BytesMut::new(),
             applied: Vec::new(),
+            settled_for: None,
             generation: 0,
             registration: None,
         };
@@ -191,6 +196,7 @@ impl Backend {
                         String::from_utf8_lossy(k).into_owned(),
                         String::from_utf8_lossy(v).into_owned(),
                     );
+                    self.settled_for = None;
                     match self.params.iter_mut().find(|(name, _)| *name == k) {
                         Some(slot) => slot.1 = v,
                         None => self.params.push((k, v)),

@@ -179,7 +179,7 @@ impl PoolError {
 
 /// All pools of this process.
 pub struct Pools {
-    pools: DashMap<PoolKey, Arc<Pool>>,
+    pools: crate::HotMap<PoolKey, Arc<Pool>>,
     /// TLS toward the servers, when `server_tls_sslmode` asks for it.
     server_tls: Option<Arc<ServerTls>>,
     /// The global budget of server connections.
@@ -222,7 +222,7 @@ impl Pools {
         server_tls: Option<Arc<ServerTls>>,
     ) -> Pools {
         Pools {
-            pools: DashMap::new(),
+            pools: Default::default(),
             server_tls,
             budget: Budget::new(caps::Limits::of(&config)),
             pids: DashMap::new(),
@@ -242,7 +242,9 @@ impl Pools {
         limits: &PoolLimits,
     ) -> Result<PooledBackend, PoolError> {
         let pool = self.pool(key);
-        let asked = Instant::now();
+        // Timed only once it may have to wait: a connection handed over at
+        // once waited 0 µs, and most checkouts read no clock.
+        let mut asked = self.controls.is_paused(&key.database).then(Instant::now);
         // A paused database's clients wait here, outside query_wait_timeout.
         self.controls.wait_resumed(&key.database).await;
         let config = self.config.load();
@@ -260,6 +262,7 @@ impl Pools {
         let grant = match admission {
             Admission::Now(grant) => grant,
             Admission::Wait { rx, queued } => {
+                asked.get_or_insert_with(Instant::now);
                 if queued {
                     self.free_idle_for(&pool);
                 }
@@ -272,6 +275,10 @@ impl Pools {
                 }
             }
         };
+        if matches!(grant, Grant::Slot) {
+            // Opening a connection counts as waiting for one.
+            asked.get_or_insert_with(Instant::now);
+        }
         let backend = match grant {
             Grant::Backend(b) => *b,
             Grant::Slot => match self
@@ -289,7 +296,8 @@ impl Pools {
                 }
             },
         };
-        pool.stats.assigned(asked.elapsed().as_micros() as u64);
+        pool.stats
+            .assigned(asked.map_or(0, |t| t.elapsed().as_micros() as u64));
         Ok(PooledBackend {
             backend: Some(backend),
             pool,
@@ -652,6 +660,7 @@ impl PooledBackend {
                 // DISCARD ALL / DEALLOCATE ALL drop every server statement.
                 backend.prepared.clear();
                 backend.applied.clear();
+                backend.settled_for = None;
                 self.pool.give_back(backend);
             }
             Ok(other) => {

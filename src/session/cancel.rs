@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use rand::Rng;
 
 use crate::pool::{send_cancel, BackendAddr};
@@ -19,7 +18,7 @@ struct Target {
 /// Proxy-issued keys and their current backends.
 #[derive(Default)]
 pub struct CancelMap {
-    keys: DashMap<(i32, i32), Option<Target>>,
+    keys: crate::HotMap<(i32, i32), Option<Target>>,
 }
 
 impl CancelMap {

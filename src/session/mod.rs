@@ -66,6 +66,10 @@ pub struct Context {
     /// Cancelled when the proxy starts draining (SIGTERM): clients between
     /// transactions are told and closed; the others finish theirs first.
     pub draining: tokio_util::sync::CancellationToken,
+    /// When the drain began, once [`Context::begin_drain`] has run: read
+    /// at every transaction boundary, where `draining.is_cancelled()`
+    /// would take the token's lock, shared by every client.
+    pub(crate) drain_began: std::sync::OnceLock<tokio::time::Instant>,
     /// Where `RELOAD` reads the configuration again; unset: TLS files only.
     pub config_source: std::sync::OnceLock<crate::reload::ConfigSource>,
     /// Clients connected now, against `pool.max_client_conn`.
@@ -123,14 +127,25 @@ impl Context {
 
     /// Ends a client's session now (KILL, a dropped tenant), parked or not.
     pub fn kill_client(&self, client: &clients::ClientEntry) {
-        client.kill.cancel();
+        client.kill.pull();
         self.parking.unpark(client.id);
     }
 
-    /// A drain began: parked clients are handed back to be told, and no
-    /// client parks any more.
-    pub fn close_parking(&self) {
+    /// A drain began (`draining` is cancelled): clients between
+    /// transactions are woken to be told, parked ones are handed back, and
+    /// no client parks any more.
+    pub fn begin_drain(&self) {
+        let _ = self.drain_began.set(tokio::time::Instant::now());
+        // A client listed after this sees `drain_began` before it waits.
+        for client in self.client_list.all() {
+            client.boundary.notify_one();
+        }
         self.parking.close();
+    }
+
+    /// When the drain began, if it has (see [`Context::begin_drain`]).
+    pub fn drain_began(&self) -> Option<tokio::time::Instant> {
+        self.drain_began.get().copied()
     }
 }
 
@@ -421,7 +436,6 @@ async fn session(
         };
         return Some(refuse(&mut client, ctx, full).await);
     };
-    let kill = entry.kill.clone();
     let served = async {
         let ready = match Box::pin(attach(&mut client, ctx, authed)).await {
             Ok(ready) => ready,
@@ -441,8 +455,10 @@ async fn session(
         }
     };
     let served = tokio::select! {
+        // Polled in this order: no random draw per poll.
+        biased;
         served = served => served,
-        () = kill.cancelled() => pooled::Served::Ended(Ending::Closed(KILLED)),
+        () = entry.kill.pulled() => pooled::Served::Ended(Ending::Closed(KILLED)),
     };
     pooled::settle(served, seat, started)
 }

@@ -142,6 +142,8 @@ async fn serve(
                 }
             };
             tokio::select! {
+                // Polled in this order: no random draw per poll.
+                biased;
                 got = next => got.map_err(|_| Leave::Told(ErrorFields::client_idle_timeout())),
                 leave = leave_requested(ctx, entry, tenant) => Err(leave),
             }
@@ -254,7 +256,7 @@ async fn serve(
             break outcome;
         }
         *idle_since = Instant::now();
-        served_while_draining = ctx.draining.is_cancelled();
+        served_while_draining = ctx.drain_began().is_some();
     };
     Served::Ended(end(client, ctx, &between, outcome).await)
 }
@@ -338,7 +340,7 @@ fn park(seat: Seat, socket: Socket, between: Box<Between>, started: tokio::time:
         // A KILL, suspension or drain that came before the client was in
         // the lot could not call it back: it is called back now.
         Ok(()) => {
-            let must_leave = entry.kill.is_cancelled()
+            let must_leave = entry.kill.is_pulled()
                 || ctx.draining.is_cancelled()
                 || suspended(&ctx, entry.tenant()).is_some();
             if must_leave {
@@ -381,10 +383,11 @@ async fn resumed(parked: Parked, socket: Socket) {
         entry.set_parked(false);
         let served = match unparked(socket) {
             Ok(client) => {
-                let kill = entry.kill.clone();
                 tokio::select! {
+                    // Polled in this order: no random draw per poll.
+                    biased;
                     served = serve(client, between, &ctx, &entry) => served,
-                    () = kill.cancelled() => Served::Ended(Ending::Closed(super::KILLED)),
+                    () = entry.kill.pulled() => Served::Ended(Ending::Closed(super::KILLED)),
                 }
             }
             Err(e) => {
@@ -446,8 +449,17 @@ impl Turn<'_> {
             mode,
             idle_transaction_timeout,
         } = self;
-        entry.set_state(Listed::Waiting);
-        let mut pooled = match ctx.pools.checkout(pool_key, pool_limits).await {
+        // Listed as waiting only when it has to wait: most checkouts are
+        // done at their first poll.
+        let mut checkout = std::pin::pin!(ctx.pools.checkout(pool_key, pool_limits));
+        let checked_out = match futures_util::poll!(checkout.as_mut()) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                entry.set_state(Listed::Waiting);
+                checkout.await
+            }
+        };
+        let mut pooled = match checked_out {
             Ok(b) => b,
             Err(e) => return Some(Err(SessionError::Pool(e).to_client_and_log())),
         };
@@ -490,15 +502,6 @@ impl Turn<'_> {
         };
         ctx.cancels.detach(key);
         entry.set_state(Listed::Idle);
-        // Reported parameters changed during the period hold on this connection too.
-        let backend = pooled.backend();
-        for (name, value) in state.params.iter() {
-            if let Some(slot) = backend.params.iter_mut().find(|(n, _)| n == name) {
-                if slot.1 != value {
-                    value.clone_into(&mut slot.1);
-                }
-            }
-        }
         match end {
             TxnEnd::Idle if state.dirty => {
                 state.dirty = false;
@@ -547,12 +550,6 @@ impl Turn<'_> {
 /// transaction done instead of an error.
 const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Resolves `DRAIN_IDLE` after draining begins.
-async fn drain_idle(draining: &tokio_util::sync::CancellationToken) {
-    draining.cancelled().await;
-    tokio::time::sleep(DRAIN_IDLE).await;
-}
-
 /// Why a client between transactions is woken.
 enum Leave {
     /// It must leave, told this.
@@ -562,24 +559,22 @@ enum Leave {
 }
 
 /// Resolves, for a client between transactions, when it must leave at
-/// this boundary (the proxy is draining, `DRAIN_IDLE` after SIGTERM, or
-/// its tenant was suspended, woken through its entry and confirmed by the
-/// registry) or was asked to park. Cancel safe.
+/// this boundary (`DRAIN_IDLE` after a drain began, or its tenant was
+/// suspended, confirmed by the registry) or was asked to park; all of these
+/// wake it through its entry. Cancel safe.
 async fn leave_requested(ctx: &Context, entry: &ClientEntry, tenant: Option<&TenantId>) -> Leave {
-    let woken = async {
-        loop {
-            entry.boundary.notified().await;
-            if let Some(error) = suspended(ctx, tenant) {
-                return Leave::Told(error);
-            }
-            if entry.take_park_request() {
-                return Leave::Park;
-            }
+    loop {
+        if let Some(began) = ctx.drain_began() {
+            tokio::time::sleep_until(began + DRAIN_IDLE).await;
+            return Leave::Told(shutting_down());
         }
-    };
-    tokio::select! {
-        () = drain_idle(&ctx.draining) => Leave::Told(shutting_down()),
-        leave = woken => leave,
+        entry.boundary.notified().await;
+        if let Some(error) = suspended(ctx, tenant) {
+            return Leave::Told(error);
+        }
+        if entry.take_park_request() {
+            return Leave::Park;
+        }
     }
 }
 

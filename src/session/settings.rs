@@ -104,6 +104,24 @@ pub(crate) fn wanted(
 /// that differ from what the backend reports (or what the proxy set on it
 /// earlier), and resets settings an earlier client had the proxy set.
 pub(crate) async fn apply(backend: &mut Backend, wanted: &Settings) -> Result<(), SessionError> {
+    // At almost every checkout the connection already has the client's
+    // settings, and often it was last found so for the same settings.
+    if backend.settled_for.as_deref() == Some(&*wanted.packed) {
+        return Ok(());
+    }
+    let in_step = wanted
+        .iter()
+        .all(|(name, value)| current(backend, name) == Some(value))
+        && backend
+            .applied
+            .iter()
+            .all(|(n, _)| wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(n)));
+    if in_step {
+        backend.settled_for = Some(wanted.packed.clone());
+        return Ok(());
+    }
+    // What it is found to have changes now.
+    backend.settled_for = None;
     let sets: Vec<(&str, &str)> = wanted
         .iter()
         .filter(|(name, value)| current(backend, name) != Some(value))

@@ -139,6 +139,8 @@ where
         up,
         down,
         prepared,
+        params: server_params,
+        settled_for,
         ..
     } = backend;
     let shared = Shared {
@@ -157,6 +159,8 @@ where
         up.clear();
         down.clear();
         tokio::select! {
+            // Polled in this order: no random draw per poll.
+            biased;
             end = client_side(crx, &mut btx, creader, up, &shared, statements, period) => end,
             end = server_side(&mut brx, ctx, breader, down, &shared, period) => end,
         }
@@ -187,6 +191,11 @@ where
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
     {
+        // The connection holds what it reported, whoever it serves next.
+        if let Some(slot) = server_params.iter_mut().find(|(n, _)| *n == name) {
+            value.clone_into(&mut slot.1);
+            *settled_for = None;
+        }
         client.params.set(&name, &value);
     }
     end
@@ -529,6 +538,15 @@ enum Deallocate {
 
 /// Recognises a simple query that is exactly one `DEALLOCATE [PREPARE] name|ALL`.
 fn parse_deallocate(sql: &[u8]) -> Option<Deallocate> {
+    // Every simple query between transactions comes here: most are turned
+    // away by their first word, before the text is checked as UTF-8.
+    let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
+    if !sql
+        .get(start..start + 10)?
+        .eq_ignore_ascii_case(b"deallocate")
+    {
+        return None;
+    }
     let text = std::str::from_utf8(sql)
         .ok()?
         .trim()
@@ -797,6 +815,8 @@ where
                 _ => {}
             }
             tokio::select! {
+                // Polled in this order: no random draw per poll.
+                biased;
                 r = reader.fill(rx) => if !matches!(r, Ok(true)) { return TxnEnd::BackendGone },
                 _ = shared.wake.notified() => {}
             }

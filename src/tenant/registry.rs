@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures_util::{stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -117,7 +116,7 @@ pub enum RegistryError {
 
 /// The live registry cache; cheap to share.
 pub struct Registry {
-    tenants: DashMap<String, TenantInfo>,
+    tenants: crate::HotMap<String, TenantInfo>,
     /// The current connection, replaced on reconnect.
     client: RwLock<Option<Arc<Client>>>,
     /// When the last NOTIFY arrived, for `/metrics`.
@@ -143,7 +142,7 @@ impl Registry {
         shutdown: CancellationToken,
     ) -> Result<Arc<Registry>, RegistryError> {
         let registry = Arc::new(Registry {
-            tenants: DashMap::new(),
+            tenants: Default::default(),
             client: RwLock::new(None),
             last_notify: std::sync::Mutex::new(None),
             reloaded: broadcast::channel(RELOADED_BACKLOG).0,
@@ -169,7 +168,7 @@ impl Registry {
     /// passthrough mode (tenant features off), where none is needed.
     pub fn offline() -> Arc<Registry> {
         Arc::new(Registry {
-            tenants: DashMap::new(),
+            tenants: Default::default(),
             client: RwLock::new(None),
             last_notify: std::sync::Mutex::new(None),
             reloaded: broadcast::channel(RELOADED_BACKLOG).0,
