@@ -109,19 +109,6 @@ pub(crate) async fn apply(backend: &mut Backend, wanted: &Settings) -> Result<()
     if backend.settled_for.as_deref() == Some(&*wanted.packed) {
         return Ok(());
     }
-    let in_step = wanted
-        .iter()
-        .all(|(name, value)| current(backend, name) == Some(value))
-        && backend
-            .applied
-            .iter()
-            .all(|(n, _)| wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(n)));
-    if in_step {
-        backend.settled_for = Some(wanted.packed.clone());
-        return Ok(());
-    }
-    // What it is found to have changes now.
-    backend.settled_for = None;
     let sets: Vec<(&str, &str)> = wanted
         .iter()
         .filter(|(name, value)| current(backend, name) != Some(value))
@@ -133,8 +120,11 @@ pub(crate) async fn apply(backend: &mut Backend, wanted: &Settings) -> Result<()
         .map(|(n, _)| n.clone())
         .collect();
     if sets.is_empty() && resets.is_empty() {
+        backend.settled_for = Some(wanted.packed.clone());
         return Ok(());
     }
+    // What it is found to have changes now.
+    backend.settled_for = None;
     let mut sql = String::new();
     if !sets.is_empty() {
         let calls: Vec<String> = sets

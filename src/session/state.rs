@@ -259,6 +259,14 @@ mod tests {
     }
 
     #[test]
+    fn every_stateful_function_has_an_underscore() {
+        // `calls_stateful_function` finds names by their first underscore.
+        for f in STATEFUL_FUNCTIONS {
+            assert!(f.contains('_'), "{f}");
+        }
+    }
+
+    #[test]
     fn ordinary_statements_are_not_state() {
         for sql in [
             "SELECT 1",
