@@ -9,6 +9,8 @@
 //! Defaults: 10,000 clients over 1,000 tenants. Not a test; prints a table.
 //! `IDLE_HOLD=SECONDS` keeps each proxy holding its clients that long after
 //! the measurement (its pid is printed), to look at it from outside.
+//! `IDLE_WRAPPER="valgrind --tool=dhat"` starts pgtenant under that command
+//! (split at spaces), to see where its memory goes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,8 +95,18 @@ fn main() -> anyhow::Result<()> {
     );
     let config_path = dir.join("pgtenant.toml");
     std::fs::write(&config_path, toml)?;
+    let wrapper = std::env::var("IDLE_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_pgtenant"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_pgtenant")),
+    };
     let proxy = Guard(
-        Command::new(env!("CARGO_BIN_EXE_pgtenant"))
+        command
             .arg("--config")
             .arg(&config_path)
             .arg("serve")
@@ -248,7 +260,7 @@ fn bouncer_pid(parent: u32) -> Option<u32> {
 }
 
 async fn wait_for_port(port: u16) -> anyhow::Result<()> {
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
@@ -273,6 +285,16 @@ impl Drop for Guard {
         let _ = Command::new("pkill")
             .args(["-INT", "-P", &self.0.id().to_string()])
             .status();
+        // Asked to stop first, so that a wrapper (a profiler) writes its report.
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        for _ in 0..600 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -35,6 +35,7 @@ pub type HotMap<K, V> = dashmap::DashMap<K, V, foldhash::fast::RandomState>;
 
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod healthcheck;
 pub mod http;

@@ -341,8 +341,7 @@ async fn park_idle_clients(ctx: Arc<Context>) {
         .await
         .is_some()
     {
-        let cutoff = std::time::SystemTime::now() - PARK_AFTER;
-        let asked = ctx.park_idle_clients(cutoff);
+        let asked = ctx.park_idle_clients(PARK_AFTER);
         if asked > 0 {
             tracing::trace!(asked, "idle clients asked to park");
         }

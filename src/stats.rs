@@ -290,13 +290,14 @@ const STOPPED: u64 = 0;
 #[derive(Debug)]
 pub struct Meter<'a> {
     stats: &'a PoolStats,
-    origin: Instant,
     /// ReadyForQuery messages the client still awaits.
     owed: AtomicU64,
-    /// Microseconds since `origin` (plus one) when the running query began.
+    /// `clock` reading (plus one) when the running query began.
     query_start: AtomicU64,
-    /// Microseconds since `origin` (plus one) when the running transaction began.
+    /// `clock` reading (plus one) when the running transaction began.
     xact_start: AtomicU64,
+    /// `clock` reading (plus one) at the last ReadyForQuery.
+    last_ready: AtomicU64,
 }
 
 impl<'a> Meter<'a> {
@@ -304,15 +305,24 @@ impl<'a> Meter<'a> {
     pub fn new(stats: &'a PoolStats) -> Meter<'a> {
         Meter {
             stats,
-            origin: Instant::now(),
             owed: AtomicU64::new(0),
             query_start: AtomicU64::new(STOPPED),
             xact_start: AtomicU64::new(STOPPED),
+            last_ready: AtomicU64::new(STOPPED),
         }
     }
 
     fn now(&self) -> u64 {
-        self.origin.elapsed().as_micros() as u64 + 1
+        crate::clock::now_us() + 1
+    }
+
+    /// The `clock` reading taken at the last ReadyForQuery, if one came:
+    /// when the period ended, with no clock read of its own.
+    pub fn last_ready(&self) -> Option<u64> {
+        match self.last_ready.load(Ordering::Relaxed) {
+            STOPPED => None,
+            at => Some(at - 1),
+        }
     }
 
     /// `n` bytes came from the client.
@@ -349,6 +359,7 @@ impl<'a> Meter<'a> {
             return;
         }
         let now = self.now();
+        self.last_ready.store(now, Ordering::Relaxed);
         let owed = self.owed.load(Ordering::Relaxed).saturating_sub(count);
         self.owed.store(owed, Ordering::Relaxed);
         let next = if owed > 0 { now } else { STOPPED };

@@ -4,8 +4,6 @@
 //! PgBouncer column and is shown in `application_name`'s place only for
 //! console clients (whose pool is `pgbouncer`).
 
-use std::time::SystemTime;
-
 use super::rows::{int4, num, text, timestamp, Cell, ResultSet, Type};
 use crate::session::Context;
 
@@ -41,7 +39,6 @@ fn split_peer(peer: &str) -> (String, u16) {
 /// SHOW CLIENTS.
 pub fn clients(ctx: &Context) -> ResultSet {
     let listen = ctx.config().listen.addr;
-    let now = SystemTime::now();
     let mut rs = ResultSet::new(CONNS);
     let mut all = ctx.client_list.all();
     all.sort_by_key(|c| c.id);
@@ -54,7 +51,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
         let state = c.state();
         let (wait, wait_us) = match state {
             crate::session::clients::ClientState::Waiting => {
-                let waited = now.duration_since(c.since()).unwrap_or_default();
+                let waited = c.in_state_for();
                 (waited.as_secs(), u64::from(waited.subsec_micros()))
             }
             _ => (0, 0),

@@ -6,7 +6,7 @@
 //! the service databases (plus the console's own `pgbouncer`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::rows::{int4, num, text, ResultSet, Type};
 use super::CONSOLE_DATABASE;
@@ -28,7 +28,6 @@ pub struct ClientCounts {
 
 /// Client counts per pool, from the client list.
 pub fn clients_per_pool(ctx: &Context) -> HashMap<PoolKey, ClientCounts> {
-    let now = SystemTime::now();
     let mut counts: HashMap<PoolKey, ClientCounts> = HashMap::new();
     for c in ctx.client_list.all() {
         let Some(pool) = &c.pool else { continue };
@@ -36,7 +35,7 @@ pub fn clients_per_pool(ctx: &Context) -> HashMap<PoolKey, ClientCounts> {
         match c.state() {
             ClientState::Waiting => {
                 e.waiting += 1;
-                let waited = now.duration_since(c.since()).unwrap_or_default();
+                let waited = c.in_state_for();
                 e.max_wait = e.max_wait.max(waited);
             }
             ClientState::Active | ClientState::Idle => e.active += 1,

@@ -99,7 +99,11 @@ pub struct Backend {
     /// The (packed) client settings this connection was last found to
     /// have, so the next checkout by a client with the same settings skips
     /// the comparison. Cleared whenever `params` or `applied` change.
-    pub settled_for: Option<Box<str>>,
+    pub settled_for: Option<Arc<str>>,
+    /// The responses it owes in transaction pooling, a queue kept with the
+    /// connection (empty between transactions) so a transaction allocates
+    /// none and an idle client holds none.
+    pub owed: crate::protocol::expect::Expectations,
     /// Its pool's generation when it was opened (see `Pool::generation`).
     pub generation: u64,
     /// Its entry in the list of open server connections, removed on close.
@@ -140,6 +144,7 @@ impl Backend {
             down: BytesMut::new(),
             applied: Vec::new(),
             settled_for: None,
+            owed: Default::default(),
             generation: 0,
             registration: None,
         };

@@ -319,12 +319,20 @@ impl Pool {
             self.budget.hand_on(self);
             return;
         }
-        if let Err(Grant::Backend(backend)) = grant(&mut st, Grant::Backend(Box::new(backend))) {
-            st.idle.push(Idle {
-                backend: *backend,
-                since: Instant::now(),
-            });
-        }
+        // Boxed only to travel to a waiting client: with none, it goes
+        // straight to the idle list (no allocation per release).
+        let backend = if st.waiters.is_empty() {
+            backend
+        } else {
+            match grant(&mut st, Grant::Backend(Box::new(backend))) {
+                Err(Grant::Backend(backend)) => *backend,
+                _ => return,
+            }
+        };
+        st.idle.push(Idle {
+            backend,
+            since: Instant::now(),
+        });
     }
 
     /// A connection of this pool closed (broken, reset failed, or its login
@@ -374,6 +382,11 @@ impl Pool {
         });
         let closed = before - st.idle.len();
         st.open -= closed;
+        // A list that (mostly) emptied gives its room back: connections are
+        // large, and the pools of idle tenants are the many.
+        if st.idle.len() * 2 < st.idle.capacity() {
+            st.idle.shrink_to_fit();
+        }
         drop(st);
         for _ in 0..closed {
             self.budget.hand_on(self);

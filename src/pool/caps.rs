@@ -70,23 +70,28 @@ impl Blocked {
 #[derive(Debug, Default)]
 pub struct Counts {
     total: usize,
-    by_database: HashMap<String, usize>,
-    by_user: HashMap<String, usize>,
+    by_database: ByName,
+    by_user: ByName,
 }
 
-fn reached(count: usize, limit: usize) -> bool {
-    limit > 0 && count >= limit
+/// Counts by name; looked up at every release, hence the fast hash.
+type ByName = HashMap<String, usize, foldhash::fast::RandomState>;
+
+/// Whether `limit` is set and `count` (only counted then) reached it.
+fn reached(limit: usize, count: impl FnOnce() -> usize) -> bool {
+    limit > 0 && count() >= limit
 }
 
-fn above(count: usize, limit: usize) -> bool {
-    limit > 0 && count > limit
+/// Whether `limit` is set and `count` (only counted then) is above it.
+fn above(limit: usize, count: impl FnOnce() -> usize) -> bool {
+    limit > 0 && count() > limit
 }
 
-fn count(map: &HashMap<String, usize>, key: &str) -> usize {
+fn count(map: &ByName, key: &str) -> usize {
     map.get(key).copied().unwrap_or(0)
 }
 
-fn add(map: &mut HashMap<String, usize>, key: &str) {
+fn add(map: &mut ByName, key: &str) {
     match map.get_mut(key) {
         Some(n) => *n += 1,
         None => {
@@ -95,7 +100,7 @@ fn add(map: &mut HashMap<String, usize>, key: &str) {
     }
 }
 
-fn remove(map: &mut HashMap<String, usize>, key: &str) {
+fn remove(map: &mut ByName, key: &str) {
     if let Some(n) = map.get_mut(key) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -123,17 +128,17 @@ impl Counts {
     /// Which of `limits` keep `who` from one more connection.
     pub fn blocked(&self, who: Holder<'_>, limits: Limits) -> Blocked {
         Blocked {
-            total: reached(self.total, limits.total),
-            database: reached(self.of_database(who.database), limits.per_database),
-            user: reached(self.of_user(who.user), limits.per_user),
+            total: reached(limits.total, || self.total),
+            database: reached(limits.per_database, || self.of_database(who.database)),
+            user: reached(limits.per_user, || self.of_user(who.user)),
         }
     }
 
     /// Whether `who` holds more than a limit allows (it was lowered).
     pub fn over(&self, who: Holder<'_>, limits: Limits) -> bool {
-        above(self.total, limits.total)
-            || above(self.of_database(who.database), limits.per_database)
-            || above(self.of_user(who.user), limits.per_user)
+        above(limits.total, || self.total)
+            || above(limits.per_database, || self.of_database(who.database))
+            || above(limits.per_user, || self.of_user(who.user))
     }
 
     /// Counts one more connection of `who`.

@@ -281,20 +281,22 @@ impl Pools {
         }
         let backend = match grant {
             Grant::Backend(b) => *b,
-            Grant::Slot => match self
-                .open(key, limits, seconds(config.server_connect_timeout))
-                .await
-            {
-                Ok(mut b) => {
-                    b.generation = pool.generation();
-                    b
+            // Boxed: opening is rare and its future large; inline, it would
+            // make every checkout's future (moved once per transaction) as large.
+            Grant::Slot => {
+                match Box::pin(self.open(key, limits, seconds(config.server_connect_timeout))).await
+                {
+                    Ok(mut b) => {
+                        b.generation = pool.generation();
+                        b
+                    }
+                    Err(e) => {
+                        pool.slot_freed();
+                        pool.stats.checkout_errors.fetch_add(1, Relaxed);
+                        return Err(e);
+                    }
                 }
-                Err(e) => {
-                    pool.slot_freed();
-                    pool.stats.checkout_errors.fetch_add(1, Relaxed);
-                    return Err(e);
-                }
-            },
+            }
         };
         pool.stats
             .assigned(asked.map_or(0, |t| t.elapsed().as_micros() as u64));

@@ -1,10 +1,12 @@
 //! The PostgreSQL wire protocol, as far as the proxy needs it: framing of the
-//! startup phase, the few messages the proxy writes itself, and SQLSTATE codes.
+//! startup phase, the few messages the proxy writes itself, SQLSTATE codes,
+//! and the responses a server connection owes in transaction pooling.
 //!
 //! Bodies of relayed messages are never decoded here; see `session::relay`.
 //! This module depends on nothing else in the crate.
 
 pub mod error;
+pub mod expect;
 pub mod framing;
 pub mod messages;
 pub mod reader;

@@ -12,7 +12,7 @@ pub struct FrameReader {
     buf: Vec<u8>,
     start: usize,
     end: usize,
-    /// The size it was made with, and allocates again after [`FrameReader::release`].
+    /// The size it was made with: it grows to at least this once it must grow.
     base: usize,
 }
 
@@ -38,21 +38,27 @@ impl FrameReader {
         }
     }
 
+    /// A reader that allocates its `capacity` bytes only when it first
+    /// reads: a client that logs in and sits idle holds no buffer.
+    pub fn unallocated(capacity: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            base: capacity,
+        }
+    }
+
+    /// Whether it holds no buffer yet (see [`FrameReader::unallocated`]).
+    pub fn is_unallocated(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Gives back memory a large message made the buffer grow to, once it
     /// is empty, so idle clients stay small.
     pub fn shrink_to(&mut self, capacity: usize) {
         if self.start == self.end && self.buf.len() > capacity {
             self.buf = vec![0; capacity];
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Frees the buffer when nothing is buffered; the next read allocates
-    /// it again. For clients that sit idle between transactions.
-    pub fn release(&mut self) {
-        if self.start == self.end {
-            self.buf = Vec::new();
             self.start = 0;
             self.end = 0;
         }
@@ -130,18 +136,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_released_reader_reads_into_a_fresh_buffer() {
+    async fn an_unallocated_reader_allocates_its_size_at_the_first_read() {
         let data: Vec<u8> = (0..50u8).collect();
         let mut rx: &[u8] = &data;
-        let mut r = FrameReader::new(16);
-        r.release();
+        let mut r = FrameReader::unallocated(16);
+        assert!(r.is_unallocated());
         assert_eq!(format!("{r:?}"), "FrameReader { capacity: 0, buffered: 0 }");
         assert!(r.ensure(&mut rx, 5).await.unwrap());
+        assert!(!r.is_unallocated());
         assert_eq!(r.buffered()[..5], [0, 1, 2, 3, 4]);
-        // It came back at its own size, not just the 5 bytes asked for.
-        assert_eq!(r.buffered().len(), 16);
-        // Bytes still buffered are never given up.
-        r.release();
+        // It came at its own size, not just the 5 bytes asked for.
         assert_eq!(r.buffered().len(), 16);
     }
 }

@@ -7,7 +7,9 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::clock;
 
 use dashmap::DashMap;
 use futures_util::task::AtomicWaker;
@@ -64,11 +66,11 @@ pub struct ClientEntry {
     pub kill: Kill,
     /// Woken when the client may have to leave at its next transaction
     /// boundary (its tenant was suspended); it then asks the registry.
-    pub boundary: tokio::sync::Notify,
+    pub boundary: super::bell::Bell,
     state: AtomicU8,
     /// [`PARKED`] and [`PARK_REQUESTED`].
     park: AtomicU8,
-    /// Microseconds since the epoch of its last state change.
+    /// `clock` reading at its last state change.
     since_us: AtomicU64,
 }
 
@@ -136,27 +138,37 @@ impl ClientEntry {
         ClientState::from_u8(self.state.load(Relaxed))
     }
 
-    /// When it entered its current state.
+    /// When it entered its current state (wall clock, for display).
     pub fn since(&self) -> SystemTime {
-        UNIX_EPOCH + std::time::Duration::from_micros(self.since_us.load(Relaxed))
+        clock::system(self.since_us.load(Relaxed))
     }
 
-    /// Whether the client has been idle since before `cutoff` and could wait
+    /// How long it has been in its current state.
+    pub fn in_state_for(&self) -> Duration {
+        clock::age(self.since_us.load(Relaxed))
+    }
+
+    /// When it entered its current state, for deadlines.
+    pub fn since_instant(&self) -> Instant {
+        clock::instant(self.since_us.load(Relaxed))
+    }
+
+    /// Whether the client has been idle at least `idle` and could wait
     /// parked: it draws from a pool over a plain socket (TLS state cannot
     /// leave its task) and is neither parked nor asked to park already.
-    pub fn may_park(&self, cutoff: SystemTime) -> bool {
+    pub fn may_park(&self, idle: Duration) -> bool {
         self.pool.is_some()
             && !self.tls
             && self.state() == ClientState::Idle
             && self.park.load(Relaxed) == 0
-            && self.since() < cutoff
+            && self.in_state_for() >= idle
     }
 
     /// Asks the client to park: it is woken through `boundary` and parks if
     /// it is still idle then.
     pub fn request_park(&self) {
         self.park.fetch_or(PARK_REQUESTED, Relaxed);
-        self.boundary.notify_one();
+        self.boundary.ring();
     }
 
     /// Whether the client was asked to park; the request is used up.
@@ -175,15 +187,15 @@ impl ClientEntry {
 
     /// Records a state change (at login, checkout and release).
     pub fn set_state(&self, state: ClientState) {
-        self.since_us.store(now_us(), Relaxed);
+        self.set_state_at(state, clock::now_us());
+    }
+
+    /// Records a state change that happened at `clock` reading `at` (one
+    /// taken already, so the change reads no clock of its own).
+    pub fn set_state_at(&self, state: ClientState, at: u64) {
+        self.since_us.store(at, Relaxed);
         self.state.store(state as u8, Relaxed);
     }
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// What a new entry says.
@@ -239,10 +251,10 @@ impl ClientList {
             connected: SystemTime::now(),
             tls: new.tls,
             kill: Kill::default(),
-            boundary: tokio::sync::Notify::new(),
+            boundary: Default::default(),
             state: AtomicU8::new(new.state as u8),
             park: AtomicU8::new(0),
-            since_us: AtomicU64::new(now_us()),
+            since_us: AtomicU64::new(clock::now_us()),
         });
         self.clients.insert(id, Arc::clone(&entry));
         entry

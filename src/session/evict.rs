@@ -98,7 +98,7 @@ impl super::boundary::Closer for SuspendWatch<'_> {
         if self.tenant.is_none() {
             std::future::pending::<()>().await;
         }
-        self.entry.boundary.notified().await;
+        self.entry.boundary.rung().await;
     }
 
     fn must_close(&self) -> bool {

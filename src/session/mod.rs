@@ -4,13 +4,13 @@
 //! authentication, backend checkout, the relay, and release. Pools, auth exchanges, the registry and
 //! TLS certificates are used, not owned, here.
 
+pub mod bell;
 pub mod boundary;
 pub mod cancel;
 pub mod clients;
 mod direct;
 mod events;
 pub mod evict;
-pub mod expect;
 pub mod park;
 mod passthrough;
 mod pooled;
@@ -106,11 +106,11 @@ impl Context {
         self.parking.len()
     }
 
-    /// Asks every idle pooled client idle since before `cutoff` to park.
-    pub fn park_idle_clients(&self, cutoff: std::time::SystemTime) -> usize {
+    /// Asks every pooled client idle at least `idle` to park.
+    pub fn park_idle_clients(&self, idle: std::time::Duration) -> usize {
         let mut asked = 0;
         for client in self.client_list.all() {
-            if client.may_park(cutoff) {
+            if client.may_park(idle) {
                 client.request_park();
                 asked += 1;
             }
@@ -121,7 +121,7 @@ impl Context {
     /// Wakes a client at its transaction boundary (its tenant was
     /// suspended), parked or not; it then asks the registry why.
     pub fn call_client(&self, client: &clients::ClientEntry) {
-        client.boundary.notify_one();
+        client.boundary.ring();
         self.parking.unpark(client.id);
     }
 
@@ -138,7 +138,7 @@ impl Context {
         let _ = self.drain_began.set(tokio::time::Instant::now());
         // A client listed after this sees `drain_began` before it waits.
         for client in self.client_list.all() {
-            client.boundary.notify_one();
+            client.boundary.ring();
         }
         self.parking.close();
     }

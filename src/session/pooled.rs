@@ -88,7 +88,6 @@ pub(super) async fn start(
                 statements: Default::default(),
                 params: settings,
                 dirty: false,
-                expect: Default::default(),
             },
             mode,
             idle_since: Instant::now(),
@@ -110,8 +109,10 @@ async fn serve(
     ctx: &Context,
     entry: &ClientEntry,
 ) -> Served {
-    // Small: most messages are small, and idle clients are the many.
-    let mut creader = FrameReader::new(1024);
+    // Small: most messages are small, and idle clients are the many; made
+    // at the first message, so a client that logs in (or comes back from
+    // the parking lot) and sits idle holds none.
+    let mut creader = FrameReader::unallocated(1024);
     let config = ctx.config();
     let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
@@ -127,11 +128,11 @@ async fn serve(
         let idle_deadline = client_idle_timeout.map(|limit| between.idle_since + limit);
         let woke = {
             let next = async {
+                // Once made, the read buffer stays for the next message: a
+                // busy client allocates none per transaction, and one that
+                // sits idle long enough parks and holds none.
                 let wait = async {
-                    // An idle plain client holds no read buffer: wait for bytes
-                    // first, then read them into a fresh one.
-                    if creader.buffered().is_empty() {
-                        creader.release();
+                    if creader.is_unallocated() {
                         client.readable().await?;
                     }
                     creader.ensure(&mut client, 5).await
@@ -156,8 +157,7 @@ async fn serve(
                 if plain && creader.buffered().is_empty() && !ctx.draining.is_cancelled() {
                     return match into_socket(client) {
                         Ok(socket) => {
-                            // What an idle client's queues grew goes back first.
-                            between.state.expect.shrink();
+                            // What an idle client's statement map grew goes back first.
                             between.state.statements.shrink_to_fit();
                             Served::Park(socket, between)
                         }
@@ -255,7 +255,7 @@ async fn serve(
         if let Some(outcome) = Box::pin(turn.run(&mut client, &mut creader, state)).await {
             break outcome;
         }
-        *idle_since = Instant::now();
+        *idle_since = entry.since_instant();
         served_while_draining = ctx.drain_began().is_some();
     };
     Served::Ended(end(client, ctx, &between, outcome).await)
@@ -450,22 +450,26 @@ impl Turn<'_> {
             idle_transaction_timeout,
         } = self;
         // Listed as waiting only when it has to wait: most checkouts are
-        // done at their first poll.
-        let mut checkout = std::pin::pin!(ctx.pools.checkout(pool_key, pool_limits));
-        let checked_out = match futures_util::poll!(checkout.as_mut()) {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => {
-                entry.set_state(Listed::Waiting);
-                checkout.await
+        // done at their first poll. In a block: the checkout's future takes
+        // no room in this one after it.
+        let checked_out = async {
+            let mut checkout = std::pin::pin!(ctx.pools.checkout(pool_key, pool_limits));
+            match futures_util::poll!(checkout.as_mut()) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => {
+                    entry.set_state(Listed::Waiting);
+                    checkout.await
+                }
             }
         };
-        let mut pooled = match checked_out {
+        let mut pooled = match checked_out.await {
             Ok(b) => b,
             Err(e) => return Some(Err(SessionError::Pool(e).to_client_and_log())),
         };
         entry.set_state(Listed::Active);
         if let Err(e) = settings::apply(pooled.backend(), &state.params).await {
-            pooled.release(&config.pool.server_reset_query).await;
+            // Boxed, as after the relay: rare, and large inline.
+            Box::pin(pooled.release(&config.pool.server_reset_query)).await;
             return Some(Err(e.to_client_and_log()));
         }
         let backend = pooled.backend();
@@ -501,16 +505,22 @@ impl Turn<'_> {
             .await
         };
         ctx.cancels.detach(key);
-        entry.set_state(Listed::Idle);
+        // Idle since the last ReadyForQuery: the meter read the clock then.
+        match meter.last_ready() {
+            Some(at) => entry.set_state_at(Listed::Idle, at),
+            None => entry.set_state(Listed::Idle),
+        }
         match end {
             TxnEnd::Idle if state.dirty => {
                 state.dirty = false;
-                pooled.release(&config.pool.server_reset_query).await;
+                // Boxed: a reset holds the connection in its future, which
+                // inline would make every transaction's future as large.
+                Box::pin(pooled.release(&config.pool.server_reset_query)).await;
             }
             TxnEnd::Idle => pooled.release_as_is(),
             TxnEnd::ClientTerminated | TxnEnd::ClientGone | TxnEnd::ClientCorrupt => {
                 // The connection may be running the client's query: stop it and close.
-                if let Err(e) = crate::pool::send_cancel(&addr, backend_key).await {
+                if let Err(e) = Box::pin(crate::pool::send_cancel(&addr, backend_key)).await {
                     debug!(error = %e, "cancel of abandoned query failed");
                 }
                 drop(pooled);
@@ -568,7 +578,7 @@ async fn leave_requested(ctx: &Context, entry: &ClientEntry, tenant: Option<&Ten
             tokio::time::sleep_until(began + DRAIN_IDLE).await;
             return Leave::Told(shutting_down());
         }
-        entry.boundary.notified().await;
+        entry.boundary.rung().await;
         if let Some(error) = suspended(ctx, tenant) {
             return Leave::Told(error);
         }

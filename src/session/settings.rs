@@ -3,19 +3,55 @@
 //! are applied to its backend with `set_config`, once, when they differ from
 //! what the backend reports. The reset query at release takes them away again.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use crate::pool::Backend;
 use crate::protocol::{SqlState, StartupParams};
 
 use super::{is_connection_param, SessionError};
 
-/// A client's settings: (name, value) pairs packed into one allocation as
-/// `name\0value\0...`. An idle client holds its settings for its whole
-/// session and idle clients are the many, where a `Vec<(String, String)>`
-/// would cost one allocation per name and per value. Names and values come
-/// from NUL-terminated protocol strings, so they hold no NUL themselves.
+/// A client's settings: (name, value) pairs packed into one string as
+/// `name\0value\0...`, shared by every client with the same settings. An
+/// idle client holds its settings for its whole session and idle clients
+/// are the many, where a `Vec<(String, String)>` would cost one allocation
+/// per name and per value, and most clients of an application send the
+/// same ones. Names and values come from NUL-terminated protocol strings,
+/// so they hold no NUL themselves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
-    packed: Box<str>,
+    packed: Arc<str>,
+}
+
+/// The packed settings clients hold, for sharing: those no client holds
+/// any more are swept out when the set has doubled since the last sweep.
+struct Shared {
+    packed: HashSet<Arc<str>, foldhash::fast::RandomState>,
+    sweep_at: usize,
+}
+
+static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+
+/// The shared copy of `packed`, made if there is none.
+fn shared(packed: String) -> Arc<str> {
+    if packed.is_empty() {
+        return Arc::default();
+    }
+    let mut guard = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    let set = guard.get_or_insert_with(|| Shared {
+        packed: HashSet::default(),
+        sweep_at: 64,
+    });
+    if let Some(existing) = set.packed.get(packed.as_str()) {
+        return Arc::clone(existing);
+    }
+    if set.packed.len() >= set.sweep_at {
+        set.packed.retain(|p| Arc::strong_count(p) > 1);
+        set.sweep_at = (2 * set.packed.len()).max(64);
+    }
+    let packed: Arc<str> = packed.into();
+    set.packed.insert(Arc::clone(&packed));
+    packed
 }
 
 impl Settings {
@@ -41,7 +77,7 @@ impl Settings {
             packed.push('\0');
         }
         Settings {
-            packed: packed.into(),
+            packed: shared(packed),
         }
     }
 
@@ -106,7 +142,7 @@ pub(crate) fn wanted(
 pub(crate) async fn apply(backend: &mut Backend, wanted: &Settings) -> Result<(), SessionError> {
     // At almost every checkout the connection already has the client's
     // settings, and often it was last found so for the same settings.
-    if backend.settled_for.as_deref() == Some(&*wanted.packed) {
+    if backend.settled_for.as_ref() == Some(&wanted.packed) {
         return Ok(());
     }
     let sets: Vec<(&str, &str)> = wanted
@@ -120,7 +156,7 @@ pub(crate) async fn apply(backend: &mut Backend, wanted: &Settings) -> Result<()
         .map(|(n, _)| n.clone())
         .collect();
     if sets.is_empty() && resets.is_empty() {
-        backend.settled_for = Some(wanted.packed.clone());
+        backend.settled_for = Some(Arc::clone(&wanted.packed));
         return Ok(());
     }
     // What it is found to have changes now.
@@ -216,6 +252,40 @@ mod tests {
         let p = startup_params(&[("user", "a"), ("bad name';--", "x")]);
         assert!(wanted(&p, &[], &[]).is_err());
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn equal_settings_are_shared_and_unused_ones_swept() {
+        let pairs = [("application_name", "shared-test"), ("TimeZone", "UTC")];
+        let a = Settings::from_pairs(pairs);
+        let b = Settings::from_pairs(pairs);
+        assert!(Arc::ptr_eq(&a.packed, &b.packed));
+        let mut c = b.clone();
+        c.set("TimeZone", "Europe/Paris");
+        assert!(!Arc::ptr_eq(&a.packed, &c.packed));
+        assert_eq!(
+            (a.get("TimeZone"), c.get("TimeZone")),
+            (Some("UTC"), Some("Europe/Paris"))
+        );
+        for i in 0..300 {
+            drop(Settings::from_pairs([(
+                "application_name",
+                &*format!("sweep-test-{i}"),
+            )]));
+        }
+        let guard = SHARED.lock().unwrap();
+        let left = guard
+            .as_ref()
+            .unwrap()
+            .packed
+            .iter()
+            .filter(|p| p.contains("sweep-test-"))
+            .count();
+        assert!(left < 300, "{left} unused settings kept");
+        assert!(
+            guard.as_ref().unwrap().packed.contains(&*a.packed),
+            "in use: kept"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! - named prepared statements: renamed to the pool's shared server names,
 //!   prepared just before use on connections that lack them, closed by the
-//!   proxy itself (see `pool::statements`, `expect`);
+//!   proxy itself (see `pool::statements`, `protocol::expect`);
 //! - reported parameters (`application_name`, `TimeZone`, ...): recorded from
 //!   ParameterStatus and set again on the next connection when they differ;
 //! - other session state (SET, LISTEN, temp tables, ...): the connection is
@@ -17,13 +17,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 
-use super::expect::{Expect, Expectations, Request, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::relay::NotificationGate;
 use super::state::leaves_session_state;
 use crate::config::PoolMode;
 use crate::pool::{Backend, PreparedSet, Statement, StatementCache};
+use crate::protocol::expect::{Expect, Expectations, Request, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::FrameReader;
 use crate::stats::Meter;
 
@@ -73,10 +72,6 @@ pub struct ClientState {
     pub params: super::settings::Settings,
     /// The client ran something that leaves session state on the connection.
     pub dirty: bool,
-    /// The owed-response queue, kept between periods so a transaction
-    /// allocates nothing of its own (output buffers belong to the server
-    /// connection, so idle clients hold none).
-    pub expect: Expectations,
 }
 
 /// State both directions share during one active period.
@@ -86,13 +81,17 @@ struct Shared {
     /// The client side is in the middle of a message or has unsent output.
     client_busy: AtomicBool,
     /// Wakes the server side to emit the proxy's own responses or re-check idleness.
-    wake: Notify,
+    wake: super::bell::Bell,
     dirty: AtomicBool,
     params: Mutex<Vec<(String, String)>>,
     /// Statements whose Parse went to the server this period, by id.
     issued: Mutex<HashMap<u64, Arc<Statement>>>,
     /// The last ReadyForQuery said the connection is inside a transaction.
     in_transaction: AtomicBool,
+    /// A synthetic response may be queued in `expect`: set under its lock
+    /// with the push, cleared under it once none is, so the server side
+    /// takes that lock for them only when there may be one.
+    synthetic: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -141,17 +140,19 @@ where
         prepared,
         params: server_params,
         settled_for,
+        owed,
         ..
     } = backend;
     let shared = Shared {
-        expect: Mutex::new(std::mem::take(&mut client.expect)),
+        expect: Mutex::new(std::mem::take(owed)),
         prepared: Mutex::new(std::mem::take(prepared)),
         client_busy: AtomicBool::new(true),
-        wake: Notify::new(),
+        wake: Default::default(),
         dirty: AtomicBool::new(false),
         params: Mutex::new(Vec::new()),
         issued: Mutex::new(HashMap::new()),
         in_transaction: AtomicBool::new(false),
+        synthetic: AtomicBool::new(false),
     };
     let end = {
         let statements = &mut client.statements;
@@ -180,7 +181,7 @@ where
     if end != TxnEnd::Idle {
         expect.clear();
     }
-    client.expect = expect;
+    *owed = expect;
     *prepared = shared
         .prepared
         .into_inner()
@@ -230,7 +231,7 @@ where
             period.meter.received(std::mem::take(&mut received));
             period.meter.requested(std::mem::take(&mut requests));
             shared.client_busy.store(false, Ordering::Release);
-            shared.wake.notify_one();
+            shared.wake.ring();
             // Only a client inside a transaction can be waited on here (an
             // idle one ends the period); it gets idle_transaction_timeout.
             let got = loop {
@@ -664,8 +665,7 @@ fn on_parse<G>(
         shared.dirty.store(true, Ordering::Release);
     }
     if lock(&shared.prepared).touch(statement.id) {
-        lock(&shared.expect).push(Expect::Synthetic(PARSE_COMPLETE));
-        shared.wake.notify_one();
+        push_synthetic(shared, PARSE_COMPLETE);
         return true;
     }
     prepare_on_server(
@@ -733,8 +733,7 @@ fn on_close(
         if let Ok(name) = std::str::from_utf8(name) {
             statements.remove(name);
         }
-        lock(&shared.expect).push(Expect::Synthetic(CLOSE_COMPLETE));
-        shared.wake.notify_one();
+        push_synthetic(shared, CLOSE_COMPLETE);
         return true;
     }
     out.extend_from_slice(msg);
@@ -818,7 +817,7 @@ where
                 // Polled in this order: no random draw per poll.
                 biased;
                 r = reader.fill(rx) => if !matches!(r, Ok(true)) { return TxnEnd::BackendGone },
-                _ = shared.wake.notified() => {}
+                () = shared.wake.rung() => {}
             }
             continue;
         };
@@ -857,11 +856,11 @@ where
                         true
                     }
                     _ => match msg.get(5..9) {
+                        // Boxed: notifications are rare and the gate's future
+                        // large; inline, every period's future would be as large.
                         Some(pid) => {
-                            period
-                                .gate
-                                .allows(i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]))
-                                .await
+                            let pid = i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]);
+                            Box::pin(period.gate.allows(pid)).await
                         }
                         None => false,
                     },
@@ -910,11 +909,28 @@ where
     }
 }
 
+/// Queues a response the proxy gives itself and wakes the server side to
+/// emit it in its turn.
+fn push_synthetic(shared: &Shared, tag: u8) {
+    let mut expect = lock(&shared.expect);
+    expect.push(Expect::Synthetic(tag));
+    shared.synthetic.store(true, Ordering::Release);
+    drop(expect);
+    shared.wake.ring();
+}
+
+/// Writes the synthetic responses due now.
 fn emit_synthetic(shared: &Shared, out: &mut BytesMut) {
+    if !shared.synthetic.load(Ordering::Acquire) {
+        return;
+    }
     let mut expect = lock(&shared.expect);
     while let Some(tag) = expect.next_synthetic() {
         out.put_u8(tag);
         out.put_u32(4);
+    }
+    if !expect.owes_synthetic() {
+        shared.synthetic.store(false, Ordering::Release);
     }
 }
 

@@ -90,13 +90,6 @@ impl Expectations {
         self.confirmed.clear();
     }
 
-    /// Gives back the memory of an idle queue (for a client about to wait long).
-    pub fn shrink(&mut self) {
-        if self.is_idle() && self.forgotten.is_empty() && self.confirmed.is_empty() {
-            *self = Expectations::default();
-        }
-    }
-
     /// Nothing owed: the connection may serve someone else.
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty() && !self.skipping
@@ -110,6 +103,11 @@ impl Expectations {
     /// Statement ids a server accepted, collected since the last call.
     pub fn take_confirmed(&mut self) -> std::vec::Drain<'_, u64> {
         self.confirmed.drain(..)
+    }
+
+    /// Whether a synthetic response is queued anywhere (due now or later).
+    pub fn owes_synthetic(&self) -> bool {
+        self.queue.iter().any(|e| matches!(e, Expect::Synthetic(_)))
     }
 
     /// Pops a synthetic response due now, if the front of the queue is one.
@@ -197,8 +195,10 @@ mod tests {
         q.push(Expect::Pass(Request::Bind));
         q.push(Expect::Pass(Request::Execute));
         q.push(Expect::Pass(Request::Sync));
+        assert!(q.owes_synthetic());
         assert_eq!(q.next_synthetic(), Some(PARSE_COMPLETE));
         assert_eq!(q.next_synthetic(), None);
+        assert!(!q.owes_synthetic());
         assert!(
             !q.on_response(b'1'),
             "the injected Parse's reply is dropped"
