@@ -285,9 +285,10 @@ impl Drop for Guard {
         let _ = Command::new("pkill")
             .args(["-INT", "-P", &self.0.id().to_string()])
             .status();
-        // Asked to stop first, so that a wrapper (a profiler) writes its report.
+        // Asked to stop first (SIGTERM: pgtenant's drain, quick once the
+        // clients are gone), so that a wrapper (a profiler) writes its report.
         let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
+            .args(["-TERM", &self.0.id().to_string()])
             .status();
         for _ in 0..600 {
             if matches!(self.0.try_wait(), Ok(Some(_))) {

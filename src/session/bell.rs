@@ -29,6 +29,7 @@ impl Bell {
     /// Resolves once the bell was rung since the last time it resolved.
     /// Cancel safe: a ring is taken only when this resolves.
     pub async fn rung(&self) {
+        let _forget = ForgetWaker(&self.waiter);
         poll_fn(|cx| {
             if self.rung.swap(false, Ordering::AcqRel) {
                 return Poll::Ready(());
@@ -45,10 +46,23 @@ impl Bell {
     }
 }
 
+/// Drops the waker a wait registered once the wait ends or is dropped. A
+/// waker kept in a long-lived place (a client's entry) would keep its task's
+/// whole allocation alive after the task ended: a parked client's first
+/// task, a couple of kilobytes, for as long as the client is parked.
+pub(crate) struct ForgetWaker<'a>(pub(crate) &'a AtomicWaker);
+
+impl Drop for ForgetWaker<'_> {
+    fn drop(&mut self) {
+        drop(self.0.take());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures_util::FutureExt;
+    use std::future::Future;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -61,6 +75,27 @@ mod tests {
         assert!(bell.rung().now_or_never().is_some(), "a kept ring");
         // Two rings before a wait are one wake-up, as with Notify's permit.
         assert!(bell.rung().now_or_never().is_none());
+    }
+
+    #[test]
+    fn a_finished_wait_keeps_no_waker() {
+        use std::task::{Context, Wake, Waker};
+        struct Count;
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {}
+        }
+        let counted = Arc::new(Count);
+        let waker = Waker::from(Arc::clone(&counted));
+        let bell = Bell::default();
+        {
+            let mut wait = std::pin::pin!(bell.rung());
+            assert!(wait
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending());
+            assert_eq!(Arc::strong_count(&counted), 3, "registered while waiting");
+        }
+        assert_eq!(Arc::strong_count(&counted), 2, "given back when dropped");
     }
 
     #[tokio::test]

@@ -99,6 +99,7 @@ impl Kill {
     /// Resolves once it is pulled. One task at a time may wait: the last to
     /// poll is the one woken.
     pub async fn pulled(&self) {
+        let _forget = super::bell::ForgetWaker(&self.waiter);
         poll_fn(|cx| {
             if self.is_pulled() {
                 return Poll::Ready(());

@@ -450,8 +450,8 @@ impl Turn<'_> {
             idle_transaction_timeout,
         } = self;
         // Listed as waiting only when it has to wait: most checkouts are
-        // done at their first poll. In a block: the checkout's future takes
-        // no room in this one after it.
+        // done at their first poll. In a future of its own, dropped once
+        // it is done, not held beside the relay's state.
         let checked_out = async {
             let mut checkout = std::pin::pin!(ctx.pools.checkout(pool_key, pool_limits));
             match futures_util::poll!(checkout.as_mut()) {
