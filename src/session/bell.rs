@@ -29,28 +29,35 @@ impl Bell {
     /// Resolves once the bell was rung since the last time it resolved.
     /// Cancel safe: a ring is taken only when this resolves.
     pub async fn rung(&self) {
-        let _forget = ForgetWaker(&self.waiter);
-        poll_fn(|cx| {
-            if self.rung.swap(false, Ordering::AcqRel) {
-                return Poll::Ready(());
-            }
-            self.waiter.register(cx.waker());
-            // Rung between the check and the registration: not woken.
-            if self.rung.swap(false, Ordering::AcqRel) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        wait_on(&self.waiter, || self.rung.swap(false, Ordering::AcqRel)).await
     }
+}
+
+/// Waits, woken through `waiter`, until `ready` says so; `ready` is asked
+/// again after each registration, so a wake between the check and the
+/// registration is not lost. The one wait for a flag set by another task,
+/// shared by [`Bell`] and the client's kill switch.
+pub(crate) async fn wait_on(waiter: &AtomicWaker, mut ready: impl FnMut() -> bool) {
+    let _forget = ForgetWaker(waiter);
+    poll_fn(|cx| {
+        if ready() {
+            return Poll::Ready(());
+        }
+        waiter.register(cx.waker());
+        if ready() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Drops the waker a wait registered once the wait ends or is dropped. A
 /// waker kept in a long-lived place (a client's entry) would keep its task's
 /// whole allocation alive after the task ended: a parked client's first
 /// task, a couple of kilobytes, for as long as the client is parked.
-pub(crate) struct ForgetWaker<'a>(pub(crate) &'a AtomicWaker);
+struct ForgetWaker<'a>(&'a AtomicWaker);
 
 impl Drop for ForgetWaker<'_> {
     fn drop(&mut self) {

@@ -3,10 +3,8 @@
 //! at checkout and at release only, never per message; removed when the
 //! client leaves.
 
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock;
@@ -99,20 +97,7 @@ impl Kill {
     /// Resolves once it is pulled. One task at a time may wait: the last to
     /// poll is the one woken.
     pub async fn pulled(&self) {
-        let _forget = super::bell::ForgetWaker(&self.waiter);
-        poll_fn(|cx| {
-            if self.is_pulled() {
-                return Poll::Ready(());
-            }
-            self.waiter.register(cx.waker());
-            // Pulled between the check and the registration: not woken.
-            if self.is_pulled() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
+        super::bell::wait_on(&self.waiter, || self.is_pulled()).await
     }
 }
 
