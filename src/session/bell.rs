@@ -31,13 +31,23 @@ impl Bell {
     pub async fn rung(&self) {
         wait_on(&self.waiter, || self.rung.swap(false, Ordering::AcqRel)).await
     }
+
+    /// Whether it was rung, leaving the ring in place (for a bell that
+    /// is rung once for good, as a kill switch).
+    pub fn is_rung(&self) -> bool {
+        self.rung.load(Ordering::Acquire)
+    }
+
+    /// Resolves once it is rung, leaving the ring in place.
+    pub async fn stays_rung(&self) {
+        wait_on(&self.waiter, || self.is_rung()).await
+    }
 }
 
 /// Waits, woken through `waiter`, until `ready` says so; `ready` is asked
 /// again after each registration, so a wake between the check and the
-/// registration is not lost. The one wait for a flag set by another task,
-/// shared by [`Bell`] and the client's kill switch.
-pub(crate) async fn wait_on(waiter: &AtomicWaker, mut ready: impl FnMut() -> bool) {
+/// registration is not lost.
+async fn wait_on(waiter: &AtomicWaker, mut ready: impl FnMut() -> bool) {
     let _forget = ForgetWaker(waiter);
     poll_fn(|cx| {
         if ready() {
@@ -82,6 +92,9 @@ mod tests {
         assert!(bell.rung().now_or_never().is_some(), "a kept ring");
         // Two rings before a wait are one wake-up, as with Notify's permit.
         assert!(bell.rung().now_or_never().is_none());
+        bell.ring();
+        assert!(bell.stays_rung().now_or_never().is_some());
+        assert!(bell.is_rung(), "left in place");
     }
 
     #[test]

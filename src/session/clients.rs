@@ -3,15 +3,15 @@
 //! at checkout and at release only, never per message; removed when the
 //! client leaves.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock;
 
 use dashmap::DashMap;
-use futures_util::task::AtomicWaker;
 
+use super::bell::Bell;
 use crate::pool::PoolKey;
 
 /// What a client is doing, as PgBouncer's SHOW CLIENTS says it.
@@ -64,7 +64,7 @@ pub struct ClientEntry {
     pub kill: Kill,
     /// Woken when the client may have to leave at its next transaction
     /// boundary (its tenant was suspended); it then asks the registry.
-    pub boundary: super::bell::Bell,
+    pub boundary: Bell,
     state: AtomicU8,
     /// [`PARKED`] and [`PARK_REQUESTED`].
     park: AtomicU8,
@@ -72,32 +72,29 @@ pub struct ClientEntry {
     since_us: AtomicU64,
 }
 
-/// A client's kill switch (KILL, an eviction). Its one waiter is the task
-/// serving the client, which polls it each time it runs: a flag and a
-/// waker cost no lock there (a `CancellationToken` takes two) and 24 bytes
-/// in the entry (a token's node is 128 more on the heap).
+/// A client's kill switch (KILL, an eviction): a [`Bell`] that stays rung.
+/// Its one waiter is the task serving the client, which polls it each time
+/// it runs: a flag and a waker cost no lock there (a `CancellationToken`
+/// takes two) and 24 bytes in the entry (a token's node is 128 more on the
+/// heap).
 #[derive(Debug, Default)]
-pub struct Kill {
-    pulled: AtomicBool,
-    waiter: AtomicWaker,
-}
+pub struct Kill(Bell);
 
 impl Kill {
     /// Ends the client's session; its task is woken.
     pub fn pull(&self) {
-        self.pulled.store(true, Ordering::Release);
-        self.waiter.wake();
+        self.0.ring();
     }
 
     /// Whether it was pulled.
     pub fn is_pulled(&self) -> bool {
-        self.pulled.load(Ordering::Acquire)
+        self.0.is_rung()
     }
 
     /// Resolves once it is pulled. One task at a time may wait: the last to
     /// poll is the one woken.
     pub async fn pulled(&self) {
-        super::bell::wait_on(&self.waiter, || self.is_pulled()).await
+        self.0.stays_rung().await
     }
 }
 
