@@ -39,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod healthcheck;
 pub mod http;
+pub mod intern;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -16,6 +16,7 @@ use crate::auth::AuthFileError;
 use crate::config::Config;
 use crate::net::Stream;
 use crate::pool::Pools;
+use crate::session::clients::Peer;
 use crate::session::{self, CancelMap, Context};
 use crate::tenant::{role_password, Registry, RegistryError};
 use crate::tls::{ClientTls, ServerTls, TlsError};
@@ -292,7 +293,7 @@ async fn accept_tcp(
     let start = |socket: tokio::net::TcpStream, peer: SocketAddr| {
         let stream = Stream::Tcp(socket);
         let _ = stream.set_nodelay();
-        tracker.spawn(session::run(stream, peer.to_string(), Arc::clone(&ctx)));
+        tracker.spawn(session::run(stream, Peer::Tcp(peer), Arc::clone(&ctx)));
     };
     while let Some(accepted) = shutdown.run_until_cancelled(listener.accept()).await {
         match accepted {
@@ -319,7 +320,7 @@ async fn accept_unix(
             Ok((socket, _)) => {
                 tracker.spawn(session::run(
                     Stream::Unix(socket),
-                    "unix".into(),
+                    Peer::Unix,
                     Arc::clone(&ctx),
                 ));
             }

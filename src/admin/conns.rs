@@ -5,6 +5,7 @@
 //! console clients (whose pool is `pgbouncer`).
 
 use super::rows::{int4, num, text, timestamp, Cell, ResultSet, Type};
+use crate::session::clients::Peer;
 use crate::session::Context;
 
 const CONNS: &[(&str, Type)] = &[
@@ -28,11 +29,11 @@ const CONNS: &[(&str, Type)] = &[
     ("application_name", Type::Text),
 ];
 
-/// `ip:port` split; a Unix peer is `unix` with port 0.
-fn split_peer(peer: &str) -> (String, u16) {
-    match peer.parse::<std::net::SocketAddr>() {
-        Ok(a) => (a.ip().to_string(), a.port()),
-        Err(_) => (peer.to_string(), 0),
+/// Address and port; a Unix peer is `unix` with port 0.
+fn split_peer(peer: Peer) -> (String, u16) {
+    match peer {
+        Peer::Tcp(a) => (a.ip().to_string(), a.port()),
+        Peer::Unix => ("unix".to_string(), 0),
     }
 }
 
@@ -43,10 +44,10 @@ pub fn clients(ctx: &Context) -> ResultSet {
     let mut all = ctx.client_list.all();
     all.sort_by_key(|c| c.id);
     for c in all {
-        let (addr, port) = split_peer(&c.peer);
+        let (addr, port) = split_peer(c.peer);
         let user = match &c.pool {
             Some(pool) => pool.user(),
-            None => c.user.clone(),
+            None => c.user.to_string(),
         };
         let state = c.state();
         let (wait, wait_us) = match state {
@@ -74,11 +75,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
             text(""),
             int4(0),
             text(if c.tls { "TLS" } else { "" }),
-            text(if c.pool.is_none() {
-                c.user.as_str()
-            } else {
-                ""
-            }),
+            text(if c.pool.is_none() { &c.user } else { "" }),
         ];
         rs.push(row);
     }

@@ -31,7 +31,7 @@ pub fn clients_per_pool(ctx: &Context) -> HashMap<PoolKey, ClientCounts> {
     let mut counts: HashMap<PoolKey, ClientCounts> = HashMap::new();
     for c in ctx.client_list.all() {
         let Some(pool) = &c.pool else { continue };
-        let e = counts.entry(pool.clone()).or_default();
+        let e = counts.entry(PoolKey::clone(pool)).or_default();
         match c.state() {
             ClientState::Waiting => {
                 e.waiting += 1;

@@ -60,7 +60,7 @@ fn pool_states(state: &HttpState, id: &TenantId) -> Vec<PoolState> {
             waiting: v.waiting,
             clients: clients
                 .iter()
-                .filter(|c| c.pool.as_ref() == Some(&v.key))
+                .filter(|c| c.pool.as_deref() == Some(&v.key))
                 .count(),
             database: v.key.database,
         })

@@ -130,6 +130,16 @@ pub struct PoolLimits {
     pub server: Option<Arc<BackendAddr>>,
 }
 
+/// By the plain fields only (a credential or server address rarely tells
+/// two limits apart): equal limits hash alike, as sharing them needs.
+impl std::hash::Hash for PoolLimits {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.size.hash(state);
+        self.statement_timeout.hash(state);
+        self.server_database.hash(state);
+    }
+}
+
 /// One pool as seen at one moment.
 #[derive(Debug, Clone)]
 pub struct PoolView {

@@ -381,20 +381,42 @@ pub(crate) async fn run_under_grant_lock(
     sql: &str,
     context: String,
 ) -> Result<(), ProvisionError> {
-    let tx = client
-        .transaction()
-        .await
-        .map_err(db_err(context.clone()))?;
+    // A catalog row can still be updated by what takes no such lock (an
+    // ANALYZE, DDL run by hand); the whole transaction was rolled back,
+    // so it is run again, a few times at most.
+    let mut attempts = 1;
+    loop {
+        match grant_locked_once(client, sql).await {
+            Err(e) if attempts < 3 && is_concurrent_update(&e) => {
+                attempts += 1;
+                tracing::debug!(%context, "catalog row updated concurrently; again");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempts)).await;
+            }
+            result => return result.map_err(db_err(context)),
+        }
+    }
+}
+
+/// PostgreSQL's "tuple concurrently updated": two transactions updated one
+/// catalog row; the later one failed.
+fn is_concurrent_update(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| db.message() == "tuple concurrently updated")
+}
+
+/// One attempt of [`run_under_grant_lock`].
+async fn grant_locked_once(
+    client: &mut tokio_postgres::Client,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
     tx.execute(
         "SELECT pg_catalog.pg_advisory_xact_lock($1)",
         &[&GRANT_LOCK_KEY],
     )
-    .await
-    .map_err(db_err(context.clone()))?;
-    tx.batch_execute(sql)
-        .await
-        .map_err(db_err(context.clone()))?;
-    tx.commit().await.map_err(db_err(context))
+    .await?;
+    tx.batch_execute(sql).await?;
+    tx.commit().await
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! at checkout and at release only, never per message; removed when the
 //! client leaves.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,6 +14,7 @@ use crate::clock;
 use dashmap::DashMap;
 
 use super::bell::Bell;
+use crate::intern::{self, Interner};
 use crate::pool::PoolKey;
 
 /// What a client is doing, as PgBouncer's SHOW CLIENTS says it.
@@ -50,12 +53,14 @@ impl ClientState {
 pub struct ClientEntry {
     /// Unique per process; SHOW CLIENTS' `ptr`.
     pub id: u64,
-    /// `ip:port` of the peer, or `unix`.
-    pub peer: String,
-    /// The pool it draws from; `None` for admin console clients.
-    pub pool: Option<PoolKey>,
-    /// The name it logged in with.
-    pub user: String,
+    /// Where it connected from.
+    pub peer: Peer,
+    /// The pool it draws from (a copy shared by the pool's clients);
+    /// `None` for admin console clients.
+    pub pool: Option<Arc<PoolKey>>,
+    /// The name it logged in with (a copy shared by the clients that
+    /// logged in with it).
+    pub user: Arc<str>,
     /// When it logged in.
     pub connected: SystemTime,
     /// Whether it came over TLS.
@@ -113,7 +118,7 @@ impl ClientEntry {
 
     /// The tenant of its pool; `None` for passthrough and console clients.
     pub fn tenant(&self) -> Option<&crate::tenant::TenantId> {
-        self.pool.as_ref().and_then(PoolKey::tenant)
+        self.pool.as_deref().and_then(PoolKey::tenant)
     }
 
     /// Its state now.
@@ -182,17 +187,45 @@ impl ClientEntry {
 }
 
 /// What a new entry says.
-pub struct NewClient {
+pub struct NewClient<'a> {
     /// See [`ClientEntry::peer`].
-    pub peer: String,
+    pub peer: Peer,
     /// See [`ClientEntry::pool`].
-    pub pool: Option<PoolKey>,
+    pub pool: Option<&'a PoolKey>,
     /// See [`ClientEntry::user`].
-    pub user: String,
+    pub user: &'a str,
     /// See [`ClientEntry::tls`].
     pub tls: bool,
     /// Its first state.
     pub state: ClientState,
+}
+
+/// Where a client connected from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// TCP, from this address.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket.
+    Unix,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => addr.fmt(f),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+/// The user names of listed clients, one copy each.
+static USERS: Interner<str> = Interner::new();
+/// The pools of listed clients, one copy of each key.
+static POOL_KEYS: Interner<PoolKey> = Interner::new();
+
+/// The shared copy of `key`.
+fn shared_pool_key(key: &PoolKey) -> Arc<PoolKey> {
+    POOL_KEYS.get(key, || Arc::new(key.clone()))
 }
 
 /// Every logged-in client.
@@ -217,20 +250,20 @@ impl Drop for Listed<'_> {
 
 impl ClientList {
     /// Adds a client until the returned guard drops.
-    pub fn add(&self, new: NewClient) -> Listed<'_> {
+    pub fn add(&self, new: NewClient<'_>) -> Listed<'_> {
         let entry = self.insert(new);
         Listed { list: self, entry }
     }
 
     /// Adds a client until [`ClientList::remove`] takes it out (for owners
     /// that outlive a borrow of the list, as parked clients do).
-    pub fn insert(&self, new: NewClient) -> Arc<ClientEntry> {
+    pub fn insert(&self, new: NewClient<'_>) -> Arc<ClientEntry> {
         let id = self.next.fetch_add(1, Relaxed) + 1;
         let entry = Arc::new(ClientEntry {
             id,
             peer: new.peer,
-            pool: new.pool,
-            user: new.user,
+            pool: new.pool.map(shared_pool_key),
+            user: intern::str(&USERS, new.user),
             connected: SystemTime::now(),
             tls: new.tls,
             kill: Kill::default(),
@@ -272,9 +305,9 @@ mod tests {
     fn listed_while_held() {
         let list = ClientList::default();
         let listed = list.add(NewClient {
-            peer: "127.0.0.1:1".into(),
+            peer: Peer::Unix,
             pool: None,
-            user: "admin".into(),
+            user: "admin",
             tls: false,
             state: ClientState::Waiting,
         });

@@ -180,7 +180,7 @@ impl Seat {
         new: clients::NewClient,
         max: Option<usize>,
     ) -> Option<Arc<clients::ClientEntry>> {
-        if let Some(tenant) = new.pool.as_ref().and_then(PoolKey::tenant) {
+        if let Some(tenant) = new.pool.and_then(PoolKey::tenant) {
             let mut count = self.ctx.tenant_clients.entry(tenant.clone()).or_insert(0);
             if max.is_some_and(|m| *count >= m) {
                 return None;
@@ -343,7 +343,7 @@ impl NotificationGate for TenantGate<'_> {
 /// every failure is reported to the client (when it is still there) and
 /// logged. Every line logged on its behalf carries the `client` span: its
 /// address, and its tenant, database and user once they are known.
-pub async fn run(client: Stream, peer: String, ctx: Arc<Context>) {
+pub async fn run(client: Stream, peer: clients::Peer, ctx: Arc<Context>) {
     let span = info_span!("client", %peer, tenant = Empty, db = Empty, user = Empty);
     async move {
         let started = tokio::time::Instant::now();
@@ -364,7 +364,7 @@ const KILLED: &str = "closed by KILL, or its tenant was dropped or suspended --n
 async fn session(
     mut client: Stream,
     ctx: &Arc<Context>,
-    peer: String,
+    peer: clients::Peer,
     started: tokio::time::Instant,
 ) -> Option<Ending> {
     let (mut seat, connected) = Seat::take(ctx);
@@ -391,7 +391,7 @@ async fn session(
                 let listed = ctx.client_list.add(clients::NewClient {
                     peer,
                     pool: None,
-                    user: user.name.clone(),
+                    user: &user.name,
                     tls: client.is_tls(),
                     state: clients::ClientState::Active,
                 });
@@ -421,8 +421,8 @@ async fn session(
     let listed = seat.list(
         clients::NewClient {
             peer,
-            pool: Some(authed.pool_key.clone()),
-            user: authed.user.clone(),
+            pool: Some(&authed.pool_key),
+            user: &authed.user,
             tls: client.is_tls(),
             state: clients::ClientState::Waiting,
         },

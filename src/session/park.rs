@@ -80,7 +80,9 @@ struct Slot<T> {
 struct Lot<T> {
     registry: mio::Registry,
     waker: Waker,
-    parked: Mutex<HashMap<u64, Slot<T>>>,
+    /// Boxed: the map is sized for its peak and keeps some slack, which
+    /// costs a pointer per bucket rather than a whole slot.
+    parked: Mutex<HashMap<u64, Box<Slot<T>>>>,
     /// No more parking: a drain began, or the runtime went away.
     closed: AtomicBool,
     /// The thread should end.
@@ -154,11 +156,11 @@ impl<T: Resume> ParkingLot<T> {
         }
         parked.insert(
             id,
-            Slot {
+            Box::new(Slot {
                 source,
                 item,
                 deadline,
-            },
+            }),
         );
         Ok(())
     }
@@ -178,7 +180,7 @@ impl<T: Resume> ParkingLot<T> {
     /// Refuses further parking and hands every parked client back (a drain).
     pub fn close(&self) {
         self.lot.closed.store(true, Ordering::Release);
-        let all: Vec<Slot<T>> = self.lot.lock().drain().map(|(_, s)| s).collect();
+        let all: Vec<Box<Slot<T>>> = self.lot.lock().drain().map(|(_, s)| s).collect();
         for slot in all {
             self.lot.hand_back(slot);
         }
@@ -202,7 +204,7 @@ impl<T: Resume> Drop for ParkingLot<T> {
 }
 
 impl<T: Resume> Lot<T> {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Slot<T>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Box<Slot<T>>>> {
         match self.parked.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -210,17 +212,22 @@ impl<T: Resume> Lot<T> {
     }
 
     /// Takes a removed slot's socket out of the epoll set and resumes it.
-    fn hand_back(&self, mut slot: Slot<T>) {
-        let _ = self.registry.deregister(slot.source.source());
+    // The box is what the map held; it is freed here, as the client leaves.
+    #[allow(clippy::boxed_local)]
+    fn hand_back(&self, slot: Box<Slot<T>>) {
+        let Slot {
+            mut source, item, ..
+        } = *slot;
+        let _ = self.registry.deregister(source.source());
         let _entered = self.runtime.enter();
-        slot.item.resume(slot.source.into_socket());
+        item.resume(source.into_socket());
     }
 
     /// Ends the thread and drops the parked without resuming them.
     fn stop(&self) {
         self.closed.store(true, Ordering::Release);
         self.stopped.store(true, Ordering::Release);
-        let all: Vec<Slot<T>> = self.lock().drain().map(|(_, s)| s).collect();
+        let all: Vec<Box<Slot<T>>> = self.lock().drain().map(|(_, s)| s).collect();
         drop(all);
         let _ = self.waker.wake();
     }
@@ -266,7 +273,7 @@ fn watch<T: Resume>(mut poll: Poll, lot: Weak<Lot<T>>) {
         let now = Instant::now();
         if now >= next_sweep {
             next_sweep = now + TICK;
-            let due: Vec<Slot<T>> = {
+            let due: Vec<Box<Slot<T>>> = {
                 let mut parked = lot.lock();
                 let ids: Vec<u64> = parked
                     .iter()

@@ -18,6 +18,7 @@ use super::{settings, Context, Ready, Seat, SessionError, TenantGate};
 use std::sync::Arc;
 
 use crate::config::{optional_seconds, Config, PoolMode};
+use crate::intern::Interner;
 use crate::net::Stream;
 use crate::pool::{PoolKey, PoolLimits, StatementCache};
 use crate::protocol::FrameReader;
@@ -40,6 +41,14 @@ pub(super) fn unbox(ready: Box<Ready>) -> Ready {
     *ready
 }
 
+/// The limits pooled clients hold, one copy of each.
+static LIMITS: Interner<PoolLimits> = Interner::new();
+
+/// The shared copy of `limits`.
+fn shared_limits(limits: PoolLimits) -> Arc<PoolLimits> {
+    LIMITS.get(&limits, || Arc::new(limits.clone()))
+}
+
 /// How a pooled client's time in one task ended.
 pub(super) enum Served {
     /// The client is gone, so.
@@ -53,7 +62,8 @@ pub(super) enum Served {
 pub(super) struct Between {
     cache: Arc<StatementCache>,
     key: (i32, i32),
-    pool_limits: PoolLimits,
+    /// A copy shared by the clients with the same limits.
+    pool_limits: Arc<PoolLimits>,
     state: ClientState,
     mode: PoolMode,
     /// Since when it waits for its next message (`client_idle_timeout`).
@@ -83,7 +93,7 @@ pub(super) async fn start(
         Box::new(Between {
             cache,
             key,
-            pool_limits,
+            pool_limits: shared_limits(pool_limits),
             state: ClientState {
                 statements: Default::default(),
                 params: settings,
@@ -99,6 +109,10 @@ pub(super) async fn start(
     if let Some(error) = suspended(ctx, entry.tenant()) {
         return Served::Ended(end(client, ctx, &between, Err((error, None))).await);
     }
+    // Parked at its first wait unless its first message is there: a new
+    // client often sits idle (an application's pool opening its
+    // connections), and the task it logged in with is kilobytes.
+    entry.request_park();
     serve(client, between, ctx, entry).await
 }
 
@@ -117,6 +131,9 @@ async fn serve(
     let client_idle_timeout = optional_seconds(config.pool.client_idle_timeout);
     let idle_transaction_timeout = optional_seconds(config.pool.idle_transaction_timeout);
     let mut served_while_draining = false;
+    // A park request still open when the first message comes is moot:
+    // the client is busy (one that logs in and asks at once, say).
+    let mut first_message = true;
     // Its pool (the entry's: it is the same for the client's whole life).
     let Some(pool_key) = entry.pool.as_ref() else {
         let outcome = Err(fatal(SqlState::INTERNAL_ERROR, "client without a pool"));
@@ -175,6 +192,9 @@ async fn serve(
             Ok(true) => {}
             _ => break Ok("client connection lost"),
         }
+        if std::mem::take(&mut first_message) {
+            entry.take_park_request();
+        }
         if creader.header().map(|(tag, _)| tag) == Some(b'X') {
             break Ok("client close request");
         }
@@ -206,13 +226,15 @@ async fn serve(
         // Passthrough clients have no tenant: their login limits stand.
         if let Some(tenant) = tenant {
             let servable = ctx.registry.with_tenant(tenant.as_str(), |info| {
-                if info.pool_size != pool_limits.size {
-                    pool_limits.size = info.pool_size;
-                }
-                if info.statement_timeout != pool_limits.statement_timeout {
-                    pool_limits
+                if info.pool_size != pool_limits.size
+                    || info.statement_timeout != pool_limits.statement_timeout
+                {
+                    let mut changed = PoolLimits::clone(pool_limits);
+                    changed.size = info.pool_size;
+                    changed
                         .statement_timeout
                         .clone_from(&info.statement_timeout);
+                    *pool_limits = shared_limits(changed);
                 }
                 match info.status {
                     _ if info.must_disconnect() => Servable::No,
@@ -299,7 +321,8 @@ fn unparked(socket: Socket) -> std::io::Result<Stream> {
 /// transactions, its places, and its age for the disconnection line.
 pub struct Parked {
     seat: Seat,
-    between: Box<Between>,
+    /// Out of its box: the lot boxes the whole of a parked client once.
+    between: Between,
     started: tokio::time::Instant,
     /// Keeps a drain waiting for the client, which has no task to wait for.
     _tracked: TaskTrackerToken,
@@ -321,7 +344,9 @@ pub(super) fn settle(served: Served, seat: Seat, started: tokio::time::Instant) 
 }
 
 /// Puts a client in the parking lot, or goes on serving it in a new task
-/// when the lot refuses it (a drain began).
+/// when the lot refuses it (a drain began). Its `Between` leaves its box,
+/// which is freed: the lot boxes the parked client whole.
+#[allow(clippy::boxed_local)]
 fn park(seat: Seat, socket: Socket, between: Box<Between>, started: tokio::time::Instant) {
     let ctx = Arc::clone(&seat.ctx);
     let Some(entry) = seat.entry.clone() else {
@@ -332,7 +357,7 @@ fn park(seat: Seat, socket: Socket, between: Box<Between>, started: tokio::time:
     entry.set_parked(true);
     let parked = Parked {
         seat,
-        between,
+        between: *between,
         started,
         _tracked: ctx.tracker.token(),
     };
@@ -368,6 +393,7 @@ async fn resumed(parked: Parked, socket: Socket) {
         _tracked,
     } = parked;
     drop(_tracked);
+    let between = Box::new(between);
     let Some(entry) = seat.entry.clone() else {
         return;
     };

@@ -3,8 +3,9 @@
 //! are applied to its backend with `set_config`, once, when they differ from
 //! what the backend reports. The reset query at release takes them away again.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use crate::intern::Interner;
 
 use crate::pool::Backend;
 use crate::protocol::{SqlState, StartupParams};
@@ -23,35 +24,15 @@ pub struct Settings {
     packed: Arc<str>,
 }
 
-/// The packed settings clients hold, for sharing: those no client holds
-/// any more are swept out when the set has doubled since the last sweep.
-struct Shared {
-    packed: HashSet<Arc<str>, foldhash::fast::RandomState>,
-    sweep_at: usize,
-}
-
-static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
+/// The packed settings clients hold, one copy per distinct string.
+static SHARED: Interner<str> = Interner::new();
 
 /// The shared copy of `packed`, made if there is none.
 fn shared(packed: String) -> Arc<str> {
     if packed.is_empty() {
         return Arc::default();
     }
-    let mut guard = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    let set = guard.get_or_insert_with(|| Shared {
-        packed: HashSet::default(),
-        sweep_at: 64,
-    });
-    if let Some(existing) = set.packed.get(packed.as_str()) {
-        return Arc::clone(existing);
-    }
-    if set.packed.len() >= set.sweep_at {
-        set.packed.retain(|p| Arc::strong_count(p) > 1);
-        set.sweep_at = (2 * set.packed.len()).max(64);
-    }
-    let packed: Arc<str> = packed.into();
-    set.packed.insert(Arc::clone(&packed));
-    packed
+    SHARED.get(packed.as_str(), || packed.as_str().into())
 }
 
 impl Settings {
@@ -273,17 +254,10 @@ mod tests {
                 &*format!("sweep-test-{i}"),
             )]));
         }
-        let guard = SHARED.lock().unwrap();
-        let left = guard
-            .as_ref()
-            .unwrap()
-            .packed
-            .iter()
-            .filter(|p| p.contains("sweep-test-"))
-            .count();
-        assert!(left < 300, "{left} unused settings kept");
+        let left = SHARED.len();
+        assert!(left < 300, "{left} settings kept, most of them unused");
         assert!(
-            guard.as_ref().unwrap().packed.contains(&*a.packed),
+            Arc::ptr_eq(&Settings::from_pairs(pairs).packed, &a.packed),
             "in use: kept"
         );
     }
