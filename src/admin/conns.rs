@@ -66,7 +66,7 @@ pub fn clients(ctx: &Context) -> ResultSet {
             num(port),
             text(listen.ip().to_string()),
             num(listen.port()),
-            text(timestamp(c.connected)),
+            text(timestamp(c.connected())),
             text(timestamp(c.since())),
             int4(wait),
             int4(wait_us),

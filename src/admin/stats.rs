@@ -21,7 +21,7 @@ pub async fn record_stats(ctx: Arc<Context>, shutdown: CancellationToken) {
             .pools
             .views()
             .into_iter()
-            .map(|v| (v.key, v.stats))
+            .map(|v| (v.key.shared(), v.stats))
             .collect();
         ctx.stats_history.record(Instant::now(), counters);
         let period = seconds(ctx.config().admin.stats_period).max(Duration::from_millis(100));
@@ -69,7 +69,7 @@ fn last_period(ctx: &Context) -> (HashMap<String, StatsSnapshot>, f64) {
     let (deltas, secs) = ctx.stats_history.last_period();
     let mut per: HashMap<String, StatsSnapshot> = HashMap::new();
     for (key, d) in deltas {
-        per.entry(key.database).or_default().add(&d);
+        per.entry(key.database.clone()).or_default().add(&d);
     }
     (per, secs)
 }

@@ -42,6 +42,15 @@ pub use statements::{PreparedSet, Statement, StatementCache};
 /// How long the reset query may take before the connection is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The tenants of remembered server pids, one copy each: a tenant's
+/// connections come and go, and each one opened is remembered.
+static PID_TENANTS: crate::intern::Interner<TenantId> = crate::intern::Interner::new();
+
+/// The shared copy of `tenant`.
+fn shared_tenant(tenant: &TenantId) -> Arc<TenantId> {
+    PID_TENANTS.get(tenant, || Arc::new(tenant.clone()))
+}
+
 /// Bound on remembered server pids (see `Pools::pids`).
 const MAX_REMEMBERED_PIDS: usize = 100_000;
 
@@ -53,6 +62,17 @@ pub struct PoolKey {
     pub database: String,
     /// Whom its connections log in as.
     pub owner: PoolOwner,
+}
+
+/// Pool keys held by many (clients, stats), one copy of each.
+static SHARED_KEYS: crate::intern::Interner<PoolKey> = crate::intern::Interner::new();
+
+impl PoolKey {
+    /// The shared copy of this key: a client or a stats record holds a
+    /// pointer, not its own two strings.
+    pub fn shared(&self) -> Arc<PoolKey> {
+        SHARED_KEYS.get(self, || Arc::new(self.clone()))
+    }
 }
 
 /// Whom a pool's connections log in as.
@@ -197,7 +217,7 @@ pub struct Pools {
     /// Which tenant each server process this proxy opened served, kept after
     /// it closes (until its pid is reused), to attribute notifications whose
     /// sender has already gone.
-    pids: DashMap<i32, TenantId>,
+    pids: DashMap<i32, Arc<TenantId>>,
     backend: BackendConfig,
     /// The pool settings in force; `RELOAD` swaps them.
     config: arc_swap::ArcSwap<PoolConfig>,
@@ -550,7 +570,7 @@ impl Pools {
             self.pids.clear();
         }
         if let Some(tenant) = key.tenant() {
-            self.pids.insert(backend.key.0, tenant.clone());
+            self.pids.insert(backend.key.0, shared_tenant(tenant));
         }
         backend.registration = Some(self.controls.register(control::ServerInfo {
             pool: key.clone(),
@@ -619,7 +639,7 @@ impl Pools {
 
     /// The tenant whose pool last opened server process `pid`, if this proxy did.
     pub fn tenant_of_pid(&self, pid: i32) -> Option<TenantId> {
-        self.pids.get(&pid).map(|t| t.clone())
+        self.pids.get(&pid).map(|t| TenantId::clone(&t))
     }
 
     /// Number of pools.

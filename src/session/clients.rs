@@ -61,8 +61,8 @@ pub struct ClientEntry {
     /// The name it logged in with (a copy shared by the clients that
     /// logged in with it).
     pub user: Arc<str>,
-    /// When it logged in.
-    pub connected: SystemTime,
+    /// `clock` reading when it logged in.
+    connected_us: u64,
     /// Whether it came over TLS.
     pub tls: bool,
     /// Pulled by KILL: its session ends at once.
@@ -119,6 +119,11 @@ impl ClientEntry {
     /// The tenant of its pool; `None` for passthrough and console clients.
     pub fn tenant(&self) -> Option<&crate::tenant::TenantId> {
         self.pool.as_deref().and_then(PoolKey::tenant)
+    }
+
+    /// When it logged in (wall clock, for display).
+    pub fn connected(&self) -> SystemTime {
+        clock::system(self.connected_us)
     }
 
     /// Its state now.
@@ -220,13 +225,6 @@ impl fmt::Display for Peer {
 
 /// The user names of listed clients, one copy each.
 static USERS: Interner<str> = Interner::new();
-/// The pools of listed clients, one copy of each key.
-static POOL_KEYS: Interner<PoolKey> = Interner::new();
-
-/// The shared copy of `key`.
-fn shared_pool_key(key: &PoolKey) -> Arc<PoolKey> {
-    POOL_KEYS.get(key, || Arc::new(key.clone()))
-}
 
 /// Every logged-in client.
 #[derive(Default)]
@@ -259,18 +257,19 @@ impl ClientList {
     /// that outlive a borrow of the list, as parked clients do).
     pub fn insert(&self, new: NewClient<'_>) -> Arc<ClientEntry> {
         let id = self.next.fetch_add(1, Relaxed) + 1;
+        let now = clock::now_us();
         let entry = Arc::new(ClientEntry {
             id,
             peer: new.peer,
-            pool: new.pool.map(shared_pool_key),
+            pool: new.pool.map(PoolKey::shared),
             user: intern::str(&USERS, new.user),
-            connected: SystemTime::now(),
+            connected_us: now,
             tls: new.tls,
             kill: Kill::default(),
             boundary: Default::default(),
             state: AtomicU8::new(new.state as u8),
             park: AtomicU8::new(0),
-            since_us: AtomicU64::new(clock::now_us()),
+            since_us: AtomicU64::new(now),
         });
         self.clients.insert(id, Arc::clone(&entry));
         entry

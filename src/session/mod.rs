@@ -81,7 +81,7 @@ pub struct Context {
     /// Cancelled to stop the whole proxy (the admin console's SHUTDOWN).
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Earlier counter snapshots, for the console's per-second averages.
-    pub stats_history: crate::stats::History<PoolKey>,
+    pub stats_history: crate::stats::History<Arc<PoolKey>>,
     /// Errors sent to clients by the proxy itself, and refused passwords.
     pub errors: crate::stats::ErrorCounts,
     /// Every session task (a drain waits for them).

@@ -175,7 +175,7 @@ async fn serve(
                     return match into_socket(client) {
                         Ok(socket) => {
                             // What an idle client's statement map grew goes back first.
-                            between.state.statements.shrink_to_fit();
+                            between.state.statements.trim();
                             Served::Park(socket, between)
                         }
                         Err(e) => {
