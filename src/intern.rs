@@ -67,6 +67,13 @@ impl<T: ?Sized + Hash + Eq> Interner<T> {
     }
 }
 
+impl<T: Hash + Eq + Clone> Interner<T> {
+    /// The shared copy of `value`, cloned into the set if there is none.
+    pub fn of(&self, value: &T) -> Arc<T> {
+        self.get(value, || Arc::new(value.clone()))
+    }
+}
+
 impl<T: ?Sized + Hash + Eq> Default for Interner<T> {
     fn default() -> Self {
         Interner::new()

@@ -46,11 +46,6 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(10);
 /// connections come and go, and each one opened is remembered.
 static PID_TENANTS: crate::intern::Interner<TenantId> = crate::intern::Interner::new();
 
-/// The shared copy of `tenant`.
-fn shared_tenant(tenant: &TenantId) -> Arc<TenantId> {
-    PID_TENANTS.get(tenant, || Arc::new(tenant.clone()))
-}
-
 /// Bound on remembered server pids (see `Pools::pids`).
 const MAX_REMEMBERED_PIDS: usize = 100_000;
 
@@ -71,7 +66,7 @@ impl PoolKey {
     /// The shared copy of this key: a client or a stats record holds a
     /// pointer, not its own two strings.
     pub fn shared(&self) -> Arc<PoolKey> {
-        SHARED_KEYS.get(self, || Arc::new(self.clone()))
+        SHARED_KEYS.of(self)
     }
 }
 
@@ -570,7 +565,7 @@ impl Pools {
             self.pids.clear();
         }
         if let Some(tenant) = key.tenant() {
-            self.pids.insert(backend.key.0, shared_tenant(tenant));
+            self.pids.insert(backend.key.0, PID_TENANTS.of(tenant));
         }
         backend.registration = Some(self.controls.register(control::ServerInfo {
             pool: key.clone(),

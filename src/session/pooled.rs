@@ -44,11 +44,6 @@ pub(super) fn unbox(ready: Box<Ready>) -> Ready {
 /// The limits pooled clients hold, one copy of each.
 static LIMITS: Interner<PoolLimits> = Interner::new();
 
-/// The shared copy of `limits`.
-fn shared_limits(limits: PoolLimits) -> Arc<PoolLimits> {
-    LIMITS.get(&limits, || Arc::new(limits.clone()))
-}
-
 /// How a pooled client's time in one task ended.
 pub(super) enum Served {
     /// The client is gone, so.
@@ -93,7 +88,7 @@ pub(super) async fn start(
         Box::new(Between {
             cache,
             key,
-            pool_limits: shared_limits(pool_limits),
+            pool_limits: LIMITS.of(&pool_limits),
             state: ClientState {
                 statements: Default::default(),
                 params: settings,
@@ -234,7 +229,7 @@ async fn serve(
                     changed
                         .statement_timeout
                         .clone_from(&info.statement_timeout);
-                    *pool_limits = shared_limits(changed);
+                    *pool_limits = LIMITS.of(&changed);
                 }
                 match info.status {
                     _ if info.must_disconnect() => Servable::No,

@@ -75,9 +75,9 @@ pub struct ClientState {
 }
 
 /// A client's named statements, by its names. The map is boxed and made
-/// at first use: most clients name none, and a parked client's map costs
-/// a pointer, not an empty map's 48 bytes.
-// Boxed on purpose: an empty `HashMap` is 48 bytes in place, a box 8.
+/// when the client first names one (a write through `DerefMut`; reads of
+/// an unmade map see an empty one): most clients name none, and a parked
+/// client's map then costs a pointer, not an empty map's 48 bytes.
 #[allow(clippy::box_collection)]
 #[derive(Default)]
 pub struct ClientStatements(Option<Box<HashMap<String, Arc<Statement>>>>);
@@ -248,7 +248,7 @@ async fn client_side<R, W, G>(
     reader: &mut FrameReader,
     out: &mut BytesMut,
     shared: &Shared,
-    statements: &mut HashMap<String, Arc<Statement>>,
+    statements: &mut ClientStatements,
     period: &Period<'_, G>,
 ) -> TxnEnd
 where
@@ -492,7 +492,7 @@ fn prepare_on_server<G>(
 
 /// The server statement behind a client's statement name, if it has one.
 fn client_statement<'a>(
-    statements: &'a HashMap<String, Arc<Statement>>,
+    statements: &'a ClientStatements,
     name: &[u8],
 ) -> Option<&'a Arc<Statement>> {
     if name.is_empty() {
@@ -519,7 +519,7 @@ fn put_close_statement(out: &mut BytesMut, name: &str) {
 pub fn answer_cached_parses(
     buffered: &[u8],
     cache: &StatementCache,
-    statements: &mut HashMap<String, Arc<Statement>>,
+    statements: &mut ClientStatements,
 ) -> Option<(usize, BytesMut)> {
     let mut pos = 0;
     let mut found: Vec<(String, Arc<Statement>)> = Vec::new();
@@ -622,7 +622,7 @@ fn parse_deallocate(sql: &[u8]) -> Option<Deallocate> {
 /// error PostgreSQL gives (26000). Returns the bytes used and the reply.
 pub fn answer_deallocate(
     buffered: &[u8],
-    statements: &mut HashMap<String, Arc<Statement>>,
+    statements: &mut ClientStatements,
 ) -> Option<(usize, BytesMut)> {
     let header = buffered.get(..5)?;
     if header[0] != b'Q' {
@@ -677,7 +677,7 @@ fn on_parse<G>(
     msg: &[u8],
     out: &mut BytesMut,
     shared: &Shared,
-    statements: &mut HashMap<String, Arc<Statement>>,
+    statements: &mut ClientStatements,
     period: &Period<'_, G>,
 ) -> bool {
     let mut body = &msg[5..];
@@ -720,7 +720,7 @@ fn on_describe<G>(
     msg: &[u8],
     out: &mut BytesMut,
     shared: &Shared,
-    statements: &HashMap<String, Arc<Statement>>,
+    statements: &ClientStatements,
     period: &Period<'_, G>,
 ) -> bool {
     let Some((&kind, mut rest)) = msg[5..].split_first() else {
@@ -758,7 +758,7 @@ fn on_close(
     msg: &[u8],
     out: &mut BytesMut,
     shared: &Shared,
-    statements: &mut HashMap<String, Arc<Statement>>,
+    statements: &mut ClientStatements,
 ) -> bool {
     let Some((&kind, mut rest)) = msg[5..].split_first() else {
         return false;
@@ -785,7 +785,7 @@ fn on_bind_head<G>(
     total: usize,
     out: &mut BytesMut,
     shared: &Shared,
-    statements: &HashMap<String, Arc<Statement>>,
+    statements: &ClientStatements,
     period: &Period<'_, G>,
 ) -> Option<usize> {
     let mut body = &head[5..];
